@@ -1,0 +1,3 @@
+from frontgate.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""The admin listener (loopback by default, never the public port): health, readiness and status as JSON.
+
+Requests here are few and trusted, so this uses asyncio streams rather than the proxy's hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from frontgate.server.gateway import Gateway, bind_socket
+
+_MAX_HEAD = 8192
+
+
+class AdminServer:
+    def __init__(self, gateway: Gateway, worker: int, workers: int) -> None:
+        self.gateway = gateway
+        self.worker = worker
+        self.workers = workers
+        self._server: asyncio.Server | None = None
+
+    async def start(self, address: str) -> None:
+        sock = bind_socket(address, reuse_port=False)
+        self._server = await asyncio.start_server(self._handle, sock=sock)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+        method, target = (request_line + ["", ""])[:2]
+        path = target.split("?", 1)[0]
+        status, body = self._answer(method, path)
+        payload = json.dumps(body, indent=2).encode() + b"\n"
+        writer.write(
+            f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+            "connection: close\r\ncache-control: no-store\r\n\r\n".encode() + payload
+        )
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+
+    def _answer(self, method: str, path: str) -> tuple[str, Any]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", {"error": "method_not_allowed"}
+        gateway = self.gateway
+        if path == "/healthz":
+            return "200 OK", {"status": "ok"}
+        if path == "/readyz":
+            if gateway.draining:
+                return "503 Service Unavailable", {"status": "draining"}
+            return "200 OK", {"status": "ready", "generation": gateway.runtime.generation}
+        if path == "/status":
+            return "200 OK", self._status()
+        if path == "/routes":
+            return "200 OK", [row for row in gateway.runtime.router.table()]
+        return "404 Not Found", {"error": "not_found", "paths": ["/healthz", "/readyz", "/status", "/routes"]}
+
+    def _status(self) -> dict[str, Any]:
+        gateway = self.gateway
+        runtime = gateway.runtime
+        return {
+            "pid": os.getpid(),
+            "worker": self.worker,
+            "workers": self.workers,
+            "generation": runtime.generation,
+            "config_files": runtime.sources,
+            "draining": gateway.draining,
+            "connections": len(gateway.connections),
+            "requests": gateway.requests,
+            "reloads": {"ok": gateway.reloads_ok, "failed": gateway.reloads_failed,
+                        "last_error": gateway.last_reload_error},
+            "routes": [r.name for r in runtime.routes],
+            "upstreams": {
+                name: {
+                    "balance": cluster.config.balance,
+                    "targets": [
+                        {"url": t.url, "weight": t.weight, "in_flight": t.pool.in_flight,
+                         "idle_connections": t.pool.idle_count}
+                        for t in cluster.targets
+                    ],
+                }
+                for name, cluster in runtime.clusters.items()
+            },
+        }

@@ -1,0 +1,184 @@
+"""Validated config -> an immutable `Runtime`: router, per-route plugin chains, upstream clusters.
+
+Everything a request needs is decided here once per config generation, so the hot path only looks up.
+A reload compiles a whole new Runtime aside and swaps it in; requests in flight keep the one they began on.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel
+
+from frontgate.config.loader import LoadedConfig
+from frontgate.config.schema import GatewayConfig, Route, Upstream
+from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
+from frontgate.plugins import REGISTRY
+from frontgate.plugins.base import Plugin, PluginConfig
+from frontgate.plugins.body_limit import BodyLimitConfig
+from frontgate.routing.router import Router
+from frontgate.routing.split import UpstreamSplit, sticky_key_from
+from frontgate.upstream.cluster import UpstreamCluster
+from frontgate.upstream.pool import PoolKey, PoolRegistry
+
+RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
+ResponseHook = Callable[[RequestContext, ResponseHead], None]
+StickyKey = Callable[[Sequence[tuple[bytes, bytes]], str, Any], bytes | None]
+
+DEFAULT_ROUTE_TIMEOUT = 60.0  # like nginx's proxy_read_timeout; routes set their own
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    config: Route
+    split: UpstreamSplit
+    sticky_key: StickyKey | None
+    clusters: dict[str, UpstreamCluster]
+    plugins: tuple[Plugin, ...]
+    request_hooks: tuple[RequestHook, ...]
+    response_hooks: tuple[ResponseHook, ...]  # already in reverse priority order
+    timeout: float
+    max_body_bytes: int
+
+
+@dataclass(slots=True)
+class Runtime:
+    generation: int
+    config: GatewayConfig
+    sources: list[str]
+    router: Router[CompiledRoute]
+    routes: list[CompiledRoute]
+    clusters: dict[str, UpstreamCluster]
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    declared_hosts: frozenset[str]
+    wildcard_hosts: tuple[str, ...]
+    # Replies to requests no route matched (404/405) still get the global plugins' response hooks, so the
+    # request id is echoed and CORS headers are set on errors too.
+    unrouted_response_hooks: tuple[ResponseHook, ...]
+    is_trusted: Callable[[str], bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        networks = self.trusted_networks
+
+        @lru_cache(maxsize=4096)
+        def is_trusted(ip: str) -> bool:
+            if not networks:
+                return False
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            return any(address in net for net in networks)
+
+        self.is_trusted = is_trusted
+
+    def host_declared(self, host: str) -> bool:
+        return host in self.declared_hosts or any(host.endswith(w) for w in self.wildcard_hosts)
+
+    def plugins(self) -> list[Plugin]:
+        seen: dict[int, Plugin] = {}
+        for route in self.routes:
+            for plugin in route.plugins:
+                seen[id(plugin)] = plugin
+        return list(seen.values())
+
+    def pool_keys(self) -> set[PoolKey]:
+        keys: set[PoolKey] = set()
+        for cluster in self.clusters.values():
+            keys |= cluster.pool_keys()
+        return keys
+
+
+def upstream_tls_context(config: Upstream) -> ssl.SSLContext | None:
+    if not any(t.startswith("https://") for t in (w.url for w in config.weighted_targets)):
+        return None
+    tls = config.tls
+    context = ssl.create_default_context(cafile=tls.ca if tls else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls is not None:
+        if not tls.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def compile_runtime(loaded: LoadedConfig, pools: PoolRegistry, generation: int) -> Runtime:
+    config = loaded.config
+    clusters = {
+        name: UpstreamCluster(name, upstream, pools, upstream_tls_context(upstream))
+        for name, upstream in config.upstreams.items()
+    }
+    global_plugins = loaded.global_plugins
+    routes = [
+        _compile_route(route, loaded.route_plugins[index], global_plugins, clusters, config)
+        for index, route in enumerate(config.routes)
+    ]
+    hosts = {h for r in config.routes for h in r.match.hosts}
+    unrouted = _instantiate(dict(global_plugins), None)
+    return Runtime(
+        generation=generation,
+        config=config,
+        sources=loaded.sources,
+        router=Router([(r.name, r.config.match, r) for r in routes]),
+        routes=routes,
+        clusters=clusters,
+        trusted_networks=tuple(ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies),
+        declared_hosts=frozenset(h for h in hosts if not h.startswith("*.")),
+        wildcard_hosts=tuple(h[1:] for h in hosts if h.startswith("*.")),
+        unrouted_response_hooks=tuple(p.on_response for p in reversed(unrouted) if p.implements("on_response")),
+    )
+
+
+def _instantiate(effective: dict[str, BaseModel], route: Route | None) -> list[Plugin]:
+    """Build the enabled plugins, highest priority first."""
+    plugins = []
+    for name, plugin_config in effective.items():
+        assert isinstance(plugin_config, PluginConfig)
+        if plugin_config.enabled:
+            plugins.append(REGISTRY[name](plugin_config, route))
+    plugins.sort(key=lambda p: -p.priority)
+    return plugins
+
+
+def _compile_route(
+    route: Route,
+    route_plugins: dict[str, BaseModel | None],
+    global_plugins: dict[str, BaseModel],
+    clusters: dict[str, UpstreamCluster],
+    config: GatewayConfig,
+) -> CompiledRoute:
+    # Route settings override global ones by name; `None` (enabled: false) switches a global plugin off.
+    effective: dict[str, BaseModel] = dict(global_plugins)
+    for name, plugin_config in route_plugins.items():
+        if plugin_config is None:
+            effective.pop(name, None)
+        else:
+            effective[name] = plugin_config
+    plugins = _instantiate(effective, route)
+
+    max_body = config.server.limits.max_body_bytes
+    body_limit = effective.get("body_limit")
+    if isinstance(body_limit, BodyLimitConfig) and body_limit.enabled:
+        max_body = min(max_body, body_limit.value)
+
+    split = route.split
+    return CompiledRoute(
+        name=route.name,
+        config=route,
+        split=UpstreamSplit([(w.upstream, w.weight) for w in split]),
+        sticky_key=sticky_key_from(route.sticky_on) if len(split) > 1 else None,
+        clusters={w.upstream: clusters[w.upstream] for w in split},
+        plugins=tuple(plugins),
+        request_hooks=tuple(p.on_request for p in plugins if p.implements("on_request")),
+        response_hooks=tuple(p.on_response for p in reversed(plugins) if p.implements("on_response")),
+        timeout=route.timeout or DEFAULT_ROUTE_TIMEOUT,
+        max_body_bytes=max_body,
+    )

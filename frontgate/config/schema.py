@@ -1,0 +1,302 @@
+"""The configuration file's shape (SPEC §2). Unknown fields are errors everywhere (`extra="forbid"`).
+
+Plugin configs are not listed here: each plugin module owns its `Config` model, and `plugins:` maps are
+checked against the plugin registry by the loader, so a new plugin never has to touch this file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from frontgate.units import parse_duration, parse_size
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written `250ms`, `2s`, `1m`, `1h`."""
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+"""Bytes, written `16KiB`, `10MiB`."""
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _check_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        raise ValueError(f"invalid address {value!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(lambda v: _check_address(str(v)) if isinstance(v, str | int) else v)]
+
+
+# --- server -------------------------------------------------------------------------------------------
+
+
+class TlsCertificate(Model):
+    cert: str = Field(description="PEM certificate chain file.")
+    key: str = Field(description="PEM private key file.")
+
+
+class ListenerTls(Model):
+    certificates: list[TlsCertificate] = Field(min_length=1, description="Chosen by SNI; the first is default.")
+    client_ca: str | None = Field(None, description="CA bundle for client certificates (mTLS).")
+    client_cert: Literal["optional", "required"] = "optional"
+    http2: bool = Field(False, description="Offer h2 by ALPN.")
+
+
+class Listener(Model):
+    address: Address = Field(description="HOST:PORT to listen on.")
+    tls: ListenerTls | None = None
+
+
+class Limits(Model):
+    # 16 KiB matches what most proxies allow for a request head (nginx: 4 x 8k large buffers).
+    max_header_bytes: Size = Field(16 * 1024, gt=0, description="Request line plus headers; 431 beyond.")
+    max_headers: int = Field(100, gt=0, description="Number of header fields; 431 beyond.")
+    # 8 KiB request targets: RFC 9112 recommends supporting at least 8000 octets.
+    max_uri_bytes: Size = Field(8 * 1024, gt=0, description="Request target length; 414 beyond.")
+    max_body_bytes: Size = Field(10 * 1024 * 1024, ge=0, description="Request body; 413 beyond.")
+    max_connections: int = Field(10000, gt=0, description="Open client connections per worker.")
+
+
+class ServerTimeouts(Model):
+    read_header: Duration = Field(10.0, gt=0, description="Time to receive a request head; 408 beyond.")
+    idle: Duration = Field(60.0, gt=0, description="Keep-alive idle time before the gateway closes.")
+    drain: Duration = Field(30.0, ge=0, description="On SIGTERM, time given to in-flight requests.")
+    read_body: Duration = Field(60.0, gt=0, description="Longest gap between two chunks of a request body.")
+
+
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid network {value!r}: expected an IP address or CIDR such as 10.0.0.0/8") from exc
+    return value
+
+
+class Server(Model):
+    listen: list[Listener] = Field(default_factory=lambda: [Listener(address="0.0.0.0:8080")], min_length=1)
+    workers: int | Literal["auto"] = "auto"
+    trusted_proxies: list[Annotated[str, BeforeValidator(lambda v: _check_network(str(v)))]] = []
+    limits: Limits = Limits()
+    timeouts: ServerTimeouts = ServerTimeouts()
+    pid_file: str | None = Field(None, description="Where `run` writes its pid, for `frontgate reload`.")
+
+    @field_validator("workers")
+    @classmethod
+    def _positive_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("workers must be at least 1 (or auto)")
+        return value
+
+
+class Admin(Model):
+    listen: Address = "127.0.0.1:9901"
+
+
+# --- upstreams ----------------------------------------------------------------------------------------
+
+
+def _check_target(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"invalid target {value!r}: expected http://HOST:PORT or https://HOST:PORT")
+    if not parts.hostname:
+        raise ValueError(f"invalid target {value!r}: no host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"invalid target {value!r}: bad port") from exc
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"invalid target {value!r}: a target has no path; use the rewrite plugin")
+    return value
+
+
+Target = Annotated[str, BeforeValidator(lambda v: _check_target(str(v)) if isinstance(v, str) else v)]
+
+
+class WeightedTarget(Model):
+    url: Target
+    weight: int = Field(1, ge=0)
+
+
+class Pool(Model):
+    max_idle: int = Field(64, ge=0, description="Idle keep-alive connections kept per target.")
+    idle_timeout: Duration = Field(60.0, gt=0, description="An idle upstream connection is closed after this.")
+    connect_timeout: Duration = Field(5.0, gt=0, description="TCP (and TLS) connect time; 502/503 beyond.")
+
+
+class UpstreamTls(Model):
+    ca: str | None = Field(None, description="CA bundle to verify the upstream; the system store when absent.")
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = Field(None, description="SNI and name to verify; the target host by default.")
+    verify: bool = True
+
+
+class Upstream(Model):
+    targets: list[Target | WeightedTarget] = Field(min_length=1)
+    balance: Literal["round_robin", "random", "least_request"] = "round_robin"
+    pool: Pool = Pool()
+    tls: UpstreamTls | None = None
+    protocol: Literal["http"] = "http"
+    preserve_host: bool = Field(True, description="Forward the client's Host (false: the target's host).")
+
+    @property
+    def weighted_targets(self) -> list[WeightedTarget]:
+        return [t if isinstance(t, WeightedTarget) else WeightedTarget(url=t) for t in self.targets]
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+_METHOD = re.compile(r"^[A-Z]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"path {value!r} must start with /")
+    return value
+
+
+PathPattern = Annotated[str, BeforeValidator(lambda v: _check_path(v) if isinstance(v, str) else v)]
+
+
+class Match(Model):
+    paths: Annotated[list[PathPattern], BeforeValidator(_as_list)] = Field(
+        default_factory=list, description="Path prefixes, matched on segment boundaries."
+    )
+    exact: Annotated[list[PathPattern], BeforeValidator(_as_list)] = Field(default_factory=list)
+    regex: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list, description="Python regular expressions matched against the whole path."
+    )
+    methods: list[str] = Field(default_factory=list, description="Any method when empty.")
+    hosts: Annotated[list[str], BeforeValidator(_as_list)] = Field(
+        default_factory=list, description="Exact hosts or `*.example.com` wildcards; any host when empty."
+    )
+    headers: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="Header name to the value (or one of the values) it must have."
+    )
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        upper = [m.upper() for m in value]
+        for method in upper:
+            if not _METHOD.match(method):
+                raise ValueError(f"invalid method {method!r}")
+        return upper
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        out = []
+        for host in value:
+            host = host.lower()
+            bare = host[2:] if host.startswith("*.") else host
+            if not bare or "*" in bare or "/" in bare:
+                raise ValueError(f"invalid host {host!r}: expected api.example.com or *.example.com")
+            out.append(host)
+        return out
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+        return {k.lower(): v for k, v in value.items()}
+
+    @model_validator(mode="after")
+    def _some_path(self) -> Match:
+        if not (self.paths or self.exact or self.regex):
+            raise ValueError("a match needs at least one of paths, exact or regex")
+        return self
+
+
+class WeightedUpstream(Model):
+    upstream: str
+    weight: int = Field(ge=0, le=1_000_000)
+
+
+class Route(Model):
+    name: str = Field(min_length=1)
+    match: Match
+    to: str | list[WeightedUpstream] = Field(description="An upstream name, or a weighted list (canary).")
+    sticky_on: str | None = Field(
+        None,
+        description="Cohort key for weighted lists: ip, header:NAME, cookie:NAME or jwt.CLAIM.",
+    )
+    timeout: Duration | None = Field(None, gt=0, description="Whole request, retries included; 504 beyond.")
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: str | list[WeightedUpstream]) -> str | list[WeightedUpstream]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("a weighted list needs at least one upstream")
+            if sum(w.weight for w in value) <= 0:
+                raise ValueError("the weights add up to zero")
+        return value
+
+    @field_validator("sticky_on")
+    @classmethod
+    def _sticky(cls, value: str | None) -> str | None:
+        if value is None or value == "ip":
+            return value
+        kind, _, name = value.partition(":")
+        if kind in ("header", "cookie") and name:
+            return value
+        if value.startswith("jwt.") and len(value) > 4:
+            return value
+        raise ValueError(f"invalid sticky_on {value!r}: expected ip, header:NAME, cookie:NAME or jwt.CLAIM")
+
+    @property
+    def split(self) -> list[WeightedUpstream]:
+        if isinstance(self.to, str):
+            return [WeightedUpstream(upstream=self.to, weight=1)]
+        return self.to
+
+
+# --- the whole file -----------------------------------------------------------------------------------
+
+
+class AccessLog(Model):
+    format: Literal["json"] = "json"
+    to: str = Field("stdout", description="stdout, stderr or a file path.")
+
+
+class Observability(Model):
+    access_log: AccessLog | Literal[False] = Field(default_factory=AccessLog)
+
+
+class GatewayConfig(Model):
+    version: Literal[1]
+    server: Server = Server()
+    admin: Admin | None = Admin()
+    observability: Observability = Observability()
+    upstreams: dict[str, Upstream] = Field(default_factory=dict)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Applied to every route.")
+    routes: list[Route] = Field(default_factory=list)

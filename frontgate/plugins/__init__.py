@@ -1,0 +1,20 @@
+"""The plugin registry: name -> class. Adding a plugin means adding its module here."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from frontgate.plugins.base import Plugin
+from frontgate.plugins.body_limit import BodyLimitPlugin
+from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
+from frontgate.plugins.request_id import RequestIdPlugin
+from frontgate.plugins.rewrite import RewritePlugin
+
+REGISTRY: dict[str, type[Plugin]] = {
+    cls.name: cls
+    for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin)
+}
+
+
+def plugin_models() -> dict[str, type[BaseModel]]:
+    return {name: cls.Config for name, cls in REGISTRY.items()}

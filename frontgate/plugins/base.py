@@ -1,0 +1,49 @@
+"""The plugin contract (after Kong's handler + schema and Envoy's filters).
+
+A plugin is built once per config generation with its validated `Config`; per-request state lives on the
+`RequestContext`. Request hooks run in descending `priority`, response hooks in the reverse order. A plugin
+implements only the hooks it needs: the chain is compiled from the overridden methods, so an unused hook
+costs nothing per request.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from frontgate.config.schema import Route
+from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
+
+
+class PluginConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+
+
+class Plugin:
+    name: ClassVar[str]
+    priority: ClassVar[int]  # higher runs earlier on the request
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig, route: Route | None) -> None:
+        self.config = config
+        self.route = route
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        """Inspect or change the request; return a Reply (or raise an HttpError) to answer it here."""
+        return None
+
+    def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
+        """Change the response status line or headers before they are written."""
+
+    async def startup(self) -> None:
+        """Acquire shared resources (connections, background refreshers) for this config generation."""
+
+    async def shutdown(self) -> None:
+        """Release what startup acquired."""
+
+    @classmethod
+    def implements(cls, hook: str) -> bool:
+        return getattr(cls, hook) is not getattr(Plugin, hook)

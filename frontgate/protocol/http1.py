@@ -1,0 +1,180 @@
+"""HTTP/1.1 rules that do no I/O: what a request head must look like, and how heads and errors are written.
+
+httptools (llhttp in strict mode) already refuses most ambiguous framing: Content-Length with
+Transfer-Encoding, duplicate or malformed lengths, obs-fold, bare CR or LF, NUL and control characters,
+invalid header names. `inspect_request_head` adds what llhttp leaves to the application (RFC 9112).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from frontgate.errors import BadRequest, HttpError, NotImplementedByGateway
+
+# Hop-by-hop fields (RFC 9110 §7.6.1) plus the legacy ones proxies still see; never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+STATUS_LINES: dict[int, bytes] = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def header_tokens(value: bytes) -> list[bytes]:
+    """Comma-separated tokens of a list-valued field, lowercased and trimmed."""
+    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+
+
+@dataclass(slots=True)
+class RequestFraming:
+    """What the head says about the body and the connection."""
+
+    content_length: int | None
+    chunked: bool
+    host: bytes | None
+    keep_alive: bool
+    expect_continue: bool
+    connection_tokens: frozenset[bytes]
+
+
+def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) -> RequestFraming:
+    """Check the rules llhttp does not and return the framing facts. Raises BadRequest (400) or
+    NotImplementedByGateway (501) — both close the connection, since the body's length is unknowable."""
+    host: bytes | None = None
+    host_count = 0
+    content_length: int | None = None
+    transfer_encodings: list[bytes] = []
+    connection: list[bytes] = []
+    expect: bytes | None = None
+    for name, value in headers:
+        if name == b"host":
+            host_count += 1
+            host = value
+        elif name == b"content-length":
+            content_length = int(value)  # llhttp already refused anything but one run of digits
+        elif name == b"transfer-encoding":
+            transfer_encodings.extend(header_tokens(value))
+        elif name == b"connection":
+            connection.extend(header_tokens(value))
+        elif name == b"expect":
+            expect = value.strip().lower()
+
+    if http_version == "1.1" and host_count == 0:
+        raise BadRequest("An HTTP/1.1 request needs a Host header.")
+    if host_count > 1:
+        raise BadRequest("The request has more than one Host header.")
+    if host is not None and not _valid_host(host):
+        raise BadRequest("The Host header is malformed.")
+
+    chunked = False
+    if transfer_encodings:
+        if http_version == "1.0":
+            raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
+        if transfer_encodings != [b"chunked"]:
+            raise NotImplementedByGateway("Only the chunked transfer coding is supported.")
+        chunked = True
+
+    if expect is not None and expect != b"100-continue":
+        raise HttpError417()
+
+    tokens = frozenset(connection)
+    if http_version == "1.1":
+        keep_alive = b"close" not in tokens
+    else:
+        keep_alive = b"keep-alive" in tokens
+    return RequestFraming(
+        content_length=content_length,
+        chunked=chunked,
+        host=host,
+        keep_alive=keep_alive,
+        expect_continue=expect == b"100-continue",
+        connection_tokens=tokens,
+    )
+
+
+class HttpError417(HttpError):
+    status, code, message = 417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
+    close_connection = True
+
+
+_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%")
+
+
+def _valid_host(host: bytes) -> bool:
+    """RFC 3986 host [":" port]; no userinfo, path or spaces."""
+    if not host or len(host) > 255:
+        return False
+    if not all(c in _HOST_CHARS for c in host):
+        return False
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        if end < 0:
+            return False
+        rest = host[end + 1 :]
+        return rest == b"" or (rest.startswith(b":") and rest[1:].isdigit())
+    name, _, port = host.partition(b":")
+    return bool(name) and (port == b"" or (port.isdigit() and len(port) <= 5)) and b":" not in port
+
+
+def host_without_port(host: bytes) -> str:
+    """Lowercase host name for routing; the port is not part of host matching."""
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1].decode("ascii").lower()
+    return host.partition(b":")[0].decode("ascii").lower()
+
+
+def error_body(error: HttpError, request_id: str) -> bytes:
+    return json.dumps(
+        {"error": error.code, "message": error.message, "request_id": request_id}, separators=(",", ":")
+    ).encode()
+
+
+def render_response(
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]],
+    content_type: bytes | None,
+    close: bool,
+    head_only: bool = False,
+) -> bytes:
+    """A whole response the gateway makes itself, in one buffer for one write."""
+    parts = [status_line(status)]
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    if content_type is not None and body:
+        parts.append(b"content-type: " + content_type + b"\r\n")
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

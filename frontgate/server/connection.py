@@ -1,0 +1,378 @@
+"""The downstream HTTP/1.1 connection: an asyncio.Protocol fed to httptools.
+
+It turns bytes into request heads (applying the limits and strictness rules), routes each head against
+the current Runtime snapshot, and hands the request to an `Exchange`. Pipelined requests are answered in
+order, one at a time. Any protocol error becomes its 4xx and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from frontgate.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UriTooLong,
+)
+from frontgate.pipeline.context import RequestContext, ResponseHead, new_request_id
+from frontgate.protocol.http1 import (
+    HOP_BY_HOP,
+    error_body,
+    host_without_port,
+    inspect_request_head,
+    render_response,
+)
+from frontgate.routing.normalize import normalize_path, parse_absolute_form, split_target
+from frontgate.server.exchange import Exchange
+from frontgate.server.forwarding import client_address, forwarding_headers
+
+if TYPE_CHECKING:
+    from frontgate.server.gateway import Gateway
+
+log = logging.getLogger("frontgate.connection")
+
+# Fields the gateway re-frames or answers itself: never forwarded as the client sent them.
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+# A head is parsed from at most this many times the header limit of raw bytes before it is refused: it
+# bounds what httptools buffers for one huge header line.
+_HEAD_SLACK = 1024
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway, scheme: str = "http") -> None:
+        self.gateway = gateway
+        self.loop = gateway.loop
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self._parser = httptools.HttpRequestParser(self)
+        self._limits = gateway.runtime.config.server.limits
+        self._timeouts = gateway.runtime.config.server.timeouts
+        # The head being parsed.
+        self._in_head = False
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._error: HttpError | None = None
+        # Exchanges: the one receiving body events, the one being answered, and those waiting their turn.
+        self._parsing: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: deque[Exchange] = deque()
+        self._deferred_error: HttpError | None = None
+        self._paused_for: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self.requests = 0
+
+    @property
+    def draining(self) -> bool:
+        return self.gateway.draining
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        gateway = self.gateway
+        if len(gateway.connections) >= self._limits.max_connections or gateway.draining:
+            transport.abort()
+            return
+        gateway.connections.add(self)
+        self._set_timer(self._timeouts.read_header, self._on_head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.gateway.connections.discard(self)
+        for exchange in (self._active, self._parsing, *self._queue):
+            if exchange is not None and not exchange.finished:
+                exchange.abort()
+        self._queue.clear()
+        self._active = self._parsing = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._in_head and self._active is None and self._timer is not None:
+            self._cancel_timer()  # the idle keep-alive wait is over
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data, upgrade)
+            return
+        except httptools.HttpParserCallbackError:
+            self._protocol_error(self._error or BadRequest())
+            return
+        except httptools.HttpParserError:
+            self._protocol_error(BadRequest())
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._limits.max_header_bytes + _HEAD_SLACK:
+                self._protocol_error(HeadersTooLarge())
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed. Let a request in flight finish writing its answer, then close.
+        if self._active is not None or self._queue:
+            return True
+        return None
+
+    def pause_writing(self) -> None:
+        if self._active is not None:
+            self._active.client_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self._active is not None:
+            self._active.client_write_paused(False)
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        if self._timer is None:
+            self._set_timer(self._timeouts.read_header, self._on_head_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_uri_bytes:
+            self._raise(UriTooLong())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # chunked trailers: accepted, never forwarded
+        headers = self._headers
+        headers.append((name.lower(), value))
+        self._head_bytes += len(name) + len(value) + 4
+        if len(headers) > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
+            self._raise(HeadersTooLarge())
+        if b"\x00" in value:
+            self._raise(BadRequest())
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        self.requests += 1
+        try:
+            exchange = self._new_exchange()
+        except HttpError as error:
+            if error.close_connection:
+                self._raise(error)
+            raise
+        self._parsing = exchange
+        if self._active is None:
+            self._active = exchange
+            exchange.start()
+        else:
+            self._queue.append(exchange)
+            self.pause_reading_for("pipeline")
+
+    def on_body(self, body: bytes) -> None:
+        if self._parsing is not None:
+            self._parsing.request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        self._parsing = None
+        if exchange is not None:
+            exchange.request_complete()
+
+    def _raise(self, error: HttpError) -> None:
+        """Abort parsing from inside a callback; data_received answers with `error`."""
+        self._error = error
+        raise error
+
+    # --- building the request ---------------------------------------------------------------------
+
+    def _new_exchange(self) -> Exchange:
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise BadRequest("Unsupported HTTP version.")
+        if method == "CONNECT":
+            raise BadRequest("CONNECT is not supported.")
+        framing = inspect_request_head(self._headers, version)
+        runtime = self.gateway.runtime
+
+        raw_target = self._url
+        if raw_target.startswith(b"/"):
+            raw_path, query = split_target(raw_target)
+        elif raw_target.startswith((b"http://", b"https://")):
+            authority, raw_path, query = parse_absolute_form(raw_target)
+            # RFC 9112 §3.2.2: the target's authority replaces Host. Only hosts we route are proxied:
+            # the gateway is not an open forward proxy.
+            if not runtime.host_declared(host_without_port(authority)):
+                raise BadRequest("Absolute-form requests are accepted only for hosts the gateway routes.")
+            framing.host = authority
+        else:
+            raise BadRequest("The request target must be an absolute path.")
+        path = normalize_path(raw_path)
+        host = host_without_port(framing.host) if framing.host else ""
+
+        trusted = runtime.is_trusted(self.peer_ip)
+        xff: bytes | None = None
+        named = framing.connection_tokens
+        headers = []
+        for name, value in self._headers:
+            if name in _NOT_FORWARDED or name in named:
+                continue
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            headers.append((name, value))
+        client_ip = client_address(self.peer_ip, xff, runtime.is_trusted)
+        headers = forwarding_headers(headers, self.peer_ip, self.scheme, framing.host, trusted)
+        ctx = RequestContext(method, path, query, headers, host, client_ip, self.peer_ip, self.scheme, version)
+
+        try:
+            route = runtime.router.match(method, host, path, headers)
+        except (NotFound, MethodNotAllowed) as error:
+            return Exchange(self, runtime, ctx, framing, None, error)
+        ctx.route = route
+        if framing.content_length is not None and framing.content_length > route.max_body_bytes:
+            raise PayloadTooLarge()  # before reading a byte of it
+        return Exchange(self, runtime, ctx, framing, route, None)
+
+    # --- flow control -----------------------------------------------------------------------------
+
+    def pause_reading_for(self, reason: str) -> None:
+        if not self._paused_for and self.transport is not None and not self._closing:
+            self.transport.pause_reading()
+        self._paused_for.add(reason)
+
+    def resume_reading_for(self, reason: str) -> None:
+        if reason in self._paused_for:
+            self._paused_for.discard(reason)
+            if not self._paused_for and self.transport is not None and not self._closing:
+                self.transport.resume_reading()
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self._closing and self.transport is not None:
+            self.transport.write(data)
+
+    def send_error(self, exchange: Exchange, error: HttpError) -> None:
+        body = error_body(error, exchange.ctx.request_id)
+        self.send_local(
+            exchange, error.status, body, list(error.headers), b"application/json", error.close_connection
+        )
+
+    def send_local(
+        self,
+        exchange: Exchange,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_type: bytes | None,
+        force_close: bool = False,
+    ) -> None:
+        """A reply the gateway makes itself. Response hooks still run (request id echo, CORS, ...)."""
+        head = ResponseHead(status, headers)
+        route = exchange.route
+        hooks = route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks
+        for hook in hooks:
+            hook(exchange.ctx, head)
+        close = force_close or not exchange.keep_alive or not exchange.body_complete or self.draining
+        self.write(render_response(head.status, body, head.headers, content_type, close, exchange.head_only))
+        exchange.bytes_out = len(body)
+        exchange.mark_local_reply_done(head.status)
+        exchange.keep_alive = not close
+        self.exchange_finished(exchange)
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        self.gateway.observe(exchange)
+        if exchange is not self._active:
+            return
+        self._active = None
+        if not exchange.keep_alive or not exchange.body_complete or self.draining:
+            self.close()
+            return
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            self._answer_and_close(error)
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            self._active = nxt
+            if not self._queue:
+                self.resume_reading_for("pipeline")
+            nxt.start()
+        else:
+            self._set_timer(self._timeouts.idle, self.close)
+
+    def abort_exchange(self, exchange: Exchange) -> None:
+        """The response cannot be completed: flush what was sent and close, so the client sees it cut."""
+        self.gateway.observe(exchange)
+        self.close()
+
+    def _protocol_error(self, error: HttpError) -> None:
+        """A request that cannot be parsed: answer it (after any request still being answered) and close."""
+        self.pause_reading_for("error")
+        if self._parsing is not None and self._parsing is not self._active:
+            self._queue = deque(e for e in self._queue if e is not self._parsing)
+        self._parsing = None
+        if self._active is not None:
+            self._deferred_error = error
+            return
+        if not error.close_connection:
+            error = BadRequest()
+        self.gateway.count_protocol_error(error.status)
+        self._answer_and_close(error)
+
+    def _answer_and_close(self, error: HttpError) -> None:
+        """An error outside any exchange (the request never became one): answer it and close."""
+        body = error_body(error, new_request_id())
+        self.write(render_response(error.status, body, list(error.headers), b"application/json", True))
+        self.close()
+
+    def _after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        # WebSocket is not proxied yet: the request was handled as plain HTTP (Upgrade is hop-by-hop and
+        # dropped). Whatever followed it starts a fresh parse.
+        offset = upgrade.args[0] if upgrade.args else len(data)
+        self._parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest:
+            self.data_received(rest)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._cancel_timer()
+            if self.transport is not None:
+                self.transport.close()
+
+    # --- timers -----------------------------------------------------------------------------------
+
+    def _set_timer(self, delay: float, callback: object) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(delay, callback)  # type: ignore[arg-type]
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._timer = None
+        if self._in_head and self._active is None:
+            self._answer_and_close(RequestTimeout())
+        self.close()
+
+    def drain(self) -> None:
+        """Shutdown started: idle connections close now, busy ones after their current response."""
+        if self._active is None and not self._in_head:
+            self.close()

@@ -1,0 +1,144 @@
+"""One worker's gateway: its listeners, the current Runtime snapshot, reload and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from frontgate.config.compile import Runtime, compile_runtime
+from frontgate.config.loader import load_config
+from frontgate.errors import ConfigError
+from frontgate.observability.access_log import AccessLog
+from frontgate.plugins import plugin_models
+from frontgate.upstream.pool import PoolRegistry
+
+if TYPE_CHECKING:
+    from frontgate.server.connection import HttpConnection
+    from frontgate.server.exchange import Exchange
+
+log = logging.getLogger("frontgate")
+
+
+def bind_socket(address: str, reuse_port: bool) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        # Several worker processes bind the same port; the kernel spreads connections between them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, int(port)))
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    def __init__(self, config_paths: Sequence[str], runtime: Runtime, pools: PoolRegistry,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.config_paths = list(config_paths)
+        self.runtime = runtime
+        self.pools = pools
+        self.loop = loop
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self.started = time.time()
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.last_reload_error: str | None = None
+        self.protocol_errors = 0
+        self.requests = 0
+        self._servers: list[asyncio.Server] = []
+        self.access_log = AccessLog.from_config(runtime.config.observability.access_log)
+
+    @classmethod
+    def from_files(cls, config_paths: Sequence[str], loop: asyncio.AbstractEventLoop) -> Gateway:
+        loaded = load_config(list(config_paths), plugin_models=plugin_models())
+        pools = PoolRegistry()
+        return cls(config_paths, compile_runtime(loaded, pools, 1), pools, loop)
+
+    async def start(self, reuse_port: bool) -> None:
+        from frontgate.server.connection import HttpConnection
+
+        for listener in self.runtime.config.server.listen:
+            sock = bind_socket(listener.address, reuse_port)
+            scheme = "https" if listener.tls else "http"
+            ssl_context = None
+            if listener.tls is not None:
+                from frontgate.server.tls import listener_tls_context
+
+                ssl_context = listener_tls_context(listener.tls)
+            server = await self.loop.create_server(
+                lambda scheme=scheme: HttpConnection(self, scheme),
+                sock=sock, ssl=ssl_context, backlog=2048,
+            )
+            self._servers.append(server)
+        for plugin in self.runtime.plugins():
+            await plugin.startup()
+
+    # --- reload -----------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the files, compile aside, swap. A bad file changes nothing; the error is logged."""
+        try:
+            loaded = load_config(self.config_paths, plugin_models=plugin_models())
+            runtime = compile_runtime(loaded, self.pools, self.runtime.generation + 1)
+            for plugin in runtime.plugins():
+                await plugin.startup()
+        except ConfigError as error:
+            self.reloads_failed += 1
+            self.last_reload_error = str(error)
+            log.error("reload rejected, still serving generation %d:\n%s", self.runtime.generation, error)
+            return False
+        except Exception as error:  # a compile bug must not take the running config down
+            self.reloads_failed += 1
+            self.last_reload_error = f"{type(error).__name__}: {error}"
+            log.exception("reload failed, still serving generation %d", self.runtime.generation)
+            return False
+        old = self.runtime
+        self.runtime = runtime
+        self.reloads_ok += 1
+        self.last_reload_error = None
+        log.info("reloaded: generation %d, %d routes", runtime.generation, len(runtime.routes))
+        self.pools.retain_only(runtime.pool_keys())
+        self.loop.create_task(self._retire(old))
+        return True
+
+    async def _retire(self, old: Runtime) -> None:
+        # Requests that began on the old generation keep its plugins; give them the drain time to finish.
+        await asyncio.sleep(old.config.server.timeouts.drain)
+        for plugin in old.plugins():
+            await plugin.shutdown()
+
+    # --- shutdown ---------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish within `timeouts.drain`, then close the rest."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.drain()
+        deadline = self.loop.time() + self.runtime.config.server.timeouts.drain
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        self.pools.close_all()
+        for plugin in self.runtime.plugins():
+            await plugin.shutdown()
+        self.access_log.close()
+
+    # --- accounting -------------------------------------------------------------------------------
+
+    def observe(self, exchange: Exchange) -> None:
+        self.requests += 1
+        if self.access_log.enabled:
+            self.access_log.write(exchange)
+
+    def count_protocol_error(self, status: int) -> None:
+        self.protocol_errors += 1

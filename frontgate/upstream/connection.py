@@ -1,0 +1,203 @@
+"""One keep-alive HTTP/1.1 connection to an upstream target.
+
+It parses the response with httptools and hands events to the `ResponseReceiver` of the exchange it is
+serving; it never buffers a body. Flow control is passed through in both directions: when this socket's
+write buffer fills, the receiver pauses the client's reads, and the receiver pauses this socket's reads
+when the client is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol, cast
+
+import httptools
+
+from frontgate.errors import BadGateway, HttpError
+
+
+class UpstreamReset(BadGateway):
+    """The upstream closed or reset the connection before the response was complete."""
+
+    message = "The upstream service closed the connection."
+
+
+class UpstreamProtocolError(BadGateway):
+    message = "The upstream service gave an invalid response."
+
+
+class ResponseReceiver(Protocol):
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool,
+                      content_length: int | None) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_complete(self, reusable: bool) -> None: ...
+    def upstream_failed(self, error: HttpError, response_started: bool) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_chunked",
+        "_content_length",
+        "_head_only",
+        "_headers",
+        "_parser",
+        "_receiver",
+        "closed",
+        "idle_handle",
+        "response_started",
+        "transport",
+        "uses",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._receiver: ResponseReceiver | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunked = False
+        self._content_length: int | None = None
+        self._head_only = False
+        self.response_started = False
+        self.closed = False
+        self.uses = 0  # requests sent; 0 means a fresh connection
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("busy" if self._receiver else "idle")
+        return f"<UpstreamConnection {state} uses={self.uses}>"
+
+    # --- used by the exchange ---------------------------------------------------------------------
+
+    def start(self, receiver: ResponseReceiver, head: bytes, head_only: bool) -> None:
+        """Send a request head; `head_only` for HEAD requests, whose responses have no body."""
+        assert self.transport is not None
+        self._receiver = receiver
+        self._headers = []
+        self._chunked = False
+        self._content_length = None
+        self._head_only = head_only
+        self.response_started = False
+        self.uses += 1
+        self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """The exchange no longer listens (client gone, timeout): this connection is closed."""
+        self._receiver = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.idle_handle is not None:
+                self.idle_handle.cancel()
+            if self.transport is not None:
+                self.transport.abort()
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        receiver = self._receiver
+        if receiver is None:
+            # Bytes on an idle connection: the upstream broke framing or is closing; never reuse it.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamProtocolError("The upstream service switched protocols unexpectedly."))
+        except httptools.HttpParserError:
+            self._fail(UpstreamProtocolError())
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        receiver = self._receiver
+        if receiver is None:
+            return
+        self._receiver = None
+        if self.response_started and self._content_length is None and not self._chunked:
+            # A response framed by connection close has ended properly.
+            receiver.response_complete(False)
+        else:
+            receiver.upstream_failed(UpstreamReset(), self.response_started)
+
+    def pause_writing(self) -> None:
+        if self._receiver is not None:
+            self._receiver.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self._receiver is not None:
+            self._receiver.upstream_write_paused(False)
+
+    # --- httptools callbacks ----------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response_started:
+            return  # trailers: not relayed over HTTP/1.1
+        name = name.lower()
+        if name == b"content-length":
+            self._content_length = int(value)
+        elif name == b"transfer-encoding":
+            self._chunked = value.strip().lower().endswith(b"chunked")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            # 1xx interim responses are consumed here; the gateway answers 100-continue itself.
+            self._headers = []
+            self._content_length = None
+            self._chunked = False
+            return
+        self.response_started = True
+        receiver = self._receiver
+        if receiver is not None:
+            receiver.response_head(status, self._headers, self._chunked, self._content_length)
+        if self._head_only and self._receiver is not None:
+            # llhttp cannot be told this answers a HEAD, so it would wait for the announced body. The
+            # exchange ends here and the next response starts on a fresh parser.
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        if self._receiver is not None and not self._head_only:
+            self._receiver.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.response_started and self._receiver is not None:
+            self._finish()
+
+    def _finish(self) -> None:
+        receiver = self._receiver
+        self._receiver = None
+        reusable = self._parser.should_keep_alive() and not self.closed
+        if self._head_only:
+            self._parser = httptools.HttpResponseParser(self)
+        if receiver is not None:
+            receiver.response_complete(reusable)
+
+    def _fail(self, error: HttpError) -> None:
+        receiver = self._receiver
+        self._receiver = None
+        self.close()
+        if receiver is not None:
+            receiver.upstream_failed(error, self.response_started)

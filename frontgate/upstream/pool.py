@@ -1,0 +1,123 @@
+"""Keep-alive connection pools, one per upstream target. Pools outlive config generations: a reload that
+keeps a target keeps its warm connections."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+
+from frontgate.errors import BadGateway, GatewayTimeout
+from frontgate.upstream.connection import UpstreamConnection
+
+
+class UpstreamConnectError(BadGateway):
+    message = "The upstream service could not be reached."
+
+
+class UpstreamConnectTimeout(GatewayTimeout):
+    message = "The upstream service did not accept the connection in time."
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    server_hostname: str | None
+    max_idle: int
+    idle_timeout: float
+    connect_timeout: float
+
+
+class TargetPool:
+    """Idle connections to one target, most recently used first (warm sockets, and the rest age out)."""
+
+    def __init__(self, key: PoolKey) -> None:
+        self.key = key
+        self._idle: list[UpstreamConnection] = []
+        self.in_flight = 0
+        self.connects = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        k = self.key
+        return (f"<TargetPool {k.host}:{k.port} idle={len(self._idle)} in_flight={self.in_flight} "
+                f"connects={self.connects}>")
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self) -> UpstreamConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                if conn.idle_handle is not None:
+                    conn.idle_handle.cancel()
+                    conn.idle_handle = None
+                return conn
+        return await self.connect()
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        key = self.key
+        self.connects += 1
+        try:
+            async with asyncio.timeout(key.connect_timeout):
+                _, conn = await loop.create_connection(
+                    UpstreamConnection, key.host, key.port, ssl=key.tls,
+                    server_hostname=key.server_hostname if key.tls else None,
+                )
+        except TimeoutError as exc:
+            raise UpstreamConnectTimeout() from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamConnectError() from exc
+        return conn
+
+    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if not reusable or conn.closed or self.closed or len(self._idle) >= self.key.max_idle:
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        conn.idle_handle = loop.call_later(self.key.idle_timeout, self._expire, conn)
+        self._idle.append(conn)
+
+    def _expire(self, conn: UpstreamConnection) -> None:
+        conn.idle_handle = None
+        if conn in self._idle:
+            self._idle.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+class PoolRegistry:
+    """Hands out the pool for a target, reusing the one a previous config generation built."""
+
+    def __init__(self) -> None:
+        self._pools: dict[PoolKey, TargetPool] = {}
+
+    def get(self, key: PoolKey) -> TargetPool:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = TargetPool(key)
+        return pool
+
+    def retain_only(self, keys: set[PoolKey]) -> None:
+        """After a reload: close pools no generation uses any more (their busy connections finish)."""
+        for key in list(self._pools):
+            if key not in keys:
+                self._pools.pop(key).close()
+
+    def close_all(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._pools.values())
