@@ -33,6 +33,14 @@ class WrkRun:
     failure: str | None = None  # wrk did not produce a result at all
     cpu_busy: list[float] = field(default_factory=list)  # % busy per CPU during the run
     proxy_cpu_us: float | None = None  # CPU time the proxy under test spent during the run, microseconds
+    duration_s: float | None = None
+
+    @property
+    def proxy_share(self) -> float | None:
+        """The proxy's CPU time over the run's wall time, in % of one core."""
+        if self.proxy_cpu_us is None or not self.duration_s:
+            return None
+        return self.proxy_cpu_us / self.duration_s / 1e4
 
     @property
     def cpu_per_req_us(self) -> float | None:
@@ -65,17 +73,16 @@ def parse_wrk(text: str) -> WrkRun:
         run.rps = float(m.group(1))
     run.p50_ms = _latency(text, "50")
     run.p99_ms = _latency(text, "99")
-    m = re.search(r"^\s*(\d+) requests in", text, re.M)
+    m = re.search(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h),", text, re.M)
     if m:
         run.requests = int(m.group(1))
+        run.duration_s = float(m.group(2)) * UNITS_MS[m.group(3)] / 1000
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if m:
         run.non2xx = int(m.group(1))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
-        run.socket_errors = dict(
-            zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True)
-        )
+        run.socket_errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups()), strict=True))
     m = re.search(r"wrk exited with status (\d+)", text)
     if run.rps is None or run.p50_ms is None or run.p99_ms is None or not run.requests:
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "no output")
@@ -129,8 +136,19 @@ def group_cpu_ticks(pgid: int) -> int:
     return total
 
 
-def fmt_cpu(busy: Sequence[float | None]) -> str:
-    return " ".join(f"c{i} {b:.0f}%" for i, b in enumerate(busy) if b is not None) or "-"
+def fmt_cpu(busy: Sequence[float | None], proxy: float | None = None) -> str:
+    cores = " ".join(f"c{i} {b:.0f}%" for i, b in enumerate(busy) if b is not None) or "-"
+    return cores if proxy is None else f"{proxy:.0f}% / {cores}"
+
+
+def cpu_list(spec: str) -> list[int]:
+    """A taskset list such as "1", "0-1" or "0,2-3" as CPU numbers."""
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out += range(int(lo), int(hi or lo) + 1) if (hi or lo).isdigit() else []
+    return out
 
 
 def fmt_us(v: float | None) -> str:
@@ -174,7 +192,9 @@ def cmd_probe(port: int) -> int:
     for path, want in (("/plain", EXPECTED["plain"]), ("/16k", EXPECTED["16k"])):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
-            conn.request("GET", path)
+            header = os.environ.get("BENCH_HEADER", "")
+            name, _, value = header.partition(":")
+            conn.request("GET", path, headers={name.strip(): value.strip()} if header else {})
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -200,7 +220,7 @@ def cmd_line(path: Path) -> str:
         return f"!!! FAILED: {run.failure}"
     out = (
         f"{fmt_rps(run.rps):>9} req/s  p50 {fmt_ms(run.p50_ms):>9}  p99 {fmt_ms(run.p99_ms):>9}  "
-        f"proxy CPU/req {fmt_us(run.cpu_per_req_us):>6}  cores {fmt_cpu(run.cpu_busy)}"
+        f"proxy CPU/req {fmt_us(run.cpu_per_req_us):>6}  CPU proxy/cores {fmt_cpu(run.cpu_busy, run.proxy_share)}"
     )
     if run.problems:
         out += "   !!! ERRORS: " + "; ".join(run.problems)
@@ -208,9 +228,7 @@ def cmd_line(path: Path) -> str:
 
 
 def cmd_report(run_dir: Path) -> tuple[str, int]:
-    legs = [
-        leg + [""] * (5 - len(leg)) for leg in read_tsv(run_dir / "legs.tsv")
-    ]  # name kind base state note
+    legs = [leg + [""] * (5 - len(leg)) for leg in read_tsv(run_dir / "legs.tsv")]  # name kind base state note
     meta = {r[0]: r[1] for r in read_tsv(run_dir / "meta.tsv") if len(r) >= 2}
     runs: dict[tuple[str, str], list[tuple[int, WrkRun]]] = {}
     for f in sorted((run_dir / "wrk").glob("*.txt")):
@@ -253,10 +271,12 @@ def cmd_report(run_dir: Path) -> tuple[str, int]:
     lines += [cmd_meta(run_dir), ""]
     lines += [
         "| scenario | server | req/s (median) | req/s per round | p50 | p99 | proxy CPU/req "
-        "| req/s vs nginx | p99 vs nginx | CPU/req vs nginx | cores busy | errors |",
+        "| req/s vs nginx | p99 vs nginx | CPU/req vs nginx | CPU: proxy / cores | errors |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     noisy: list[str] = []
+    crowded: list[str] = []
+    single_core_legs = {leg[0] for leg in legs if not leg[0].endswith("-w2")}
     for sc in scenarios:
         for name, _kind, base, state, note, *_ in legs:
             rr = rounds(name, sc)
@@ -272,15 +292,21 @@ def cmd_report(run_dir: Path) -> tuple[str, int]:
                 errs = (errs + "; " if errs else "") + "CRASHED"
             ncpu = max(len(r.cpu_busy) for r in rr)
             busy = [median([r.cpu_busy[c] if c < len(r.cpu_busy) else None for r in rr]) for c in range(ncpu)]
+            share = median([r.proxy_share for r in rr])
+            proxy_cores = [busy[c] for c in cpu_list(meta.get("proxy_cpus", "1")) if c < len(busy)]
+            if (
+                name in single_core_legs
+                and share is not None
+                and share < 80
+                and proxy_cores
+                and min(b or 0 for b in proxy_cores) > 95
+            ):
+                crowded.append(f"{name} {sc} ({share:.0f}%)")
             b_rps, _, b_p99, b_cpr = stats.get((base, sc), (None, None, None, None))
-            ratios = (
-                f"{fmt_ratio(rps, b_rps)} | {fmt_ratio(p99, b_p99)} | {fmt_ratio(cpr, b_cpr)}"
-                if base
-                else " | | "
-            )
+            ratios = f"{fmt_ratio(rps, b_rps)} | {fmt_ratio(p99, b_p99)} | {fmt_ratio(cpr, b_cpr)}" if base else " | | "
             lines.append(
                 f"| {sc} | {name} | {fmt_rps(rps)} | {' / '.join(fmt_rps(r.rps) for r in rr)} "
-                f"| {fmt_ms(p50)} | {fmt_ms(p99)} | {fmt_us(cpr)} | {ratios} | {fmt_cpu(busy)} "
+                f"| {fmt_ms(p50)} | {fmt_ms(p99)} | {fmt_us(cpr)} | {ratios} | {fmt_cpu(busy, share)} "
                 f"| {'**' + errs + '**' if errs else '0'} |"
             )
     lines += [
@@ -290,18 +316,27 @@ def cmd_report(run_dir: Path) -> tuple[str, int]:
         "(steadier than req/s when the machine is shared). "
         '"vs nginx": against the nginx leg on the same cores (frontgate-w2 against nginx-w2); '
         "req/s above 1 is better, p99 and CPU/req below 1 are better. "
-        f"cores busy: share of each core in use during the measurement; wrk and the upstream have core(s) "
-        f"{meta.get('load_cpus', '0')}, the proxy under test core(s) {meta.get('proxy_cpus', '1')}: "
-        "a proxy core near 100% means the proxy is the bottleneck, a load core near 100% means the "
-        "number is a floor for the proxy.",
+        "CPU: proxy / cores: the proxy's own CPU time in % of one core, then how busy each core was "
+        f"(wrk and the upstream have core(s) {meta.get('load_cpus', '0')}, the proxy core(s) "
+        f"{meta.get('proxy_cpus', '1')}). A proxy at ~100% is the bottleneck; a proxy well under 100% on a busy "
+        "core is being crowded out by other processes (its req/s then understates it: 1e6 / CPU/req is "
+        "what one full core would serve); a load core at 100% with an idle proxy core makes the req/s a floor.",
     ]
     if noisy:
         lines += [
             "",
             "**Noisy:** req/s differed by more than 20% between rounds for "
             + ", ".join(noisy)
-            + f" (load average: {meta.get('loadavg', '?')}). "
+            + f" (load average before the run: {meta.get('loadavg', '?')}). "
             "Trust the CPU/req column more, or rerun on a quiet machine or with more rounds.",
+        ]
+    if crowded:
+        lines += [
+            "",
+            "**Crowded:** the proxy core was fully busy but the proxy itself got only part of it for "
+            + ", ".join(crowded)
+            + ": other processes were running on that core, so req/s and latency understate the proxy. "
+            "Compare CPU/req, or rerun on a quiet machine.",
         ]
     notes = [(leg[0], leg[4]) for leg in legs if leg[4] and leg[3] == "up"]
     if notes:

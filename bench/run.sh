@@ -32,6 +32,7 @@ BENCH_NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 BENCH_WRK=${BENCH_WRK:-wrk}
 BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-0}                # upstream nginx and wrk
 BENCH_PROXY_CPUS=${BENCH_PROXY_CPUS:-1}              # the proxy under test (1 worker)
+export BENCH_HEADER=${BENCH_HEADER:-}                     # one "Name: value" header sent on every request (e.g. a token)
 BENCH_KEEP=${BENCH_KEEP:-0}                          # 1: keep the temp dir (nginx confs) for inspection
 
 die() { echo "bench: $*" >&2; exit 2; }
@@ -256,7 +257,7 @@ meta date "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 meta host "$(uname -srm)"
 meta nproc "$NPROC"
 meta cpu "${CPU_MODEL:-unknown}"
-meta loadavg "$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown) (before the run)"
+meta loadavg "$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 if [[ -x $FG_PY ]]; then
     meta python "$("$FG_PY" -c 'import sys; print(sys.version.split()[0], sys.implementation.name)' 2>&1)"
     meta packages "$("$FG_PY" -c '
@@ -342,7 +343,8 @@ wrk_run() {   # PORT SCENARIO SECONDS OUTFILE PGID
     # In the background + `wait`, so that Ctrl-C/SIGTERM run the trap at once (bash defers traps while a
     # foreground child runs, and drops SIGINT when that child exits normally, as wrk does on SIGINT).
     timeout -k 5 $(($3 + 30)) taskset -c "$BENCH_LOAD_CPUS" "$BENCH_WRK" -t"$BENCH_THREADS" \
-        -c"$BENCH_CONNECTIONS" -d"$3s" --latency "http://127.0.0.1:$1/$2" >"$4" 2>&1 </dev/null &
+        -c"$BENCH_CONNECTIONS" -d"$3s" --latency ${BENCH_HEADER:+-H "$BENCH_HEADER"} \
+        "http://127.0.0.1:$1/$2" >"$4" 2>&1 </dev/null &
     WRK_PID=$!
     wait "$WRK_PID" || rc=$?
     WRK_PID=

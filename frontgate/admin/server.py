@@ -6,6 +6,7 @@ Requests here are few and trusted, so this uses asyncio streams rather than the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from typing import Any
@@ -37,7 +38,7 @@ class AdminServer:
             writer.close()
             return
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-        method, target = (request_line + ["", ""])[:2]
+        method, target = [*request_line, "", ""][:2]
         path = target.split("?", 1)[0]
         status, body = self._answer(method, path)
         payload = json.dumps(body, indent=2).encode() + b"\n"
@@ -45,10 +46,8 @@ class AdminServer:
             f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
             "connection: close\r\ncache-control: no-store\r\n\r\n".encode() + payload
         )
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.drain()
-        except ConnectionError:
-            pass
         writer.close()
 
     def _answer(self, method: str, path: str) -> tuple[str, Any]:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 # `$${` is the escape for a literal `${`; it must be tried before `${` so `$${X}` is never substituted.
 _TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}\n]*)(?P<close>\})?")
+# Line breaks exactly as ruamel counts them, so our line numbers are the parser's line numbers.
+_BREAK = re.compile("[\n\r\x85\u2028\u2029]")
+_LINE = re.compile("[^\n\r\x85\u2028\u2029]*(?:\r\n|[\n\r\x85\u2028\u2029])|[^\n\r\x85\u2028\u2029]+$")
 _BODY = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?$", re.DOTALL)
 
 
@@ -55,7 +58,7 @@ def substitute(text: str, environ: Mapping[str, str]) -> tuple[str, ColumnMap, l
     columns = ColumnMap()
     problems: list[EnvProblem] = []
     out: list[str] = []
-    for number, line in enumerate(text.splitlines(keepends=True)):
+    for number, line in enumerate(_LINE.findall(text)):
         code_end = _comment_start(line)
         out.append(_substitute_line(line[:code_end], number, environ, columns, problems) + line[code_end:])
     return "".join(out), columns, problems
@@ -146,7 +149,7 @@ def _value_of(match: re.Match[str], line: int, environ: Mapping[str, str], probl
             )
         )
         return ""
-    if "\n" in value or "\r" in value:
+    if _BREAK.search(value):
         problems.append(
             EnvProblem(
                 line,

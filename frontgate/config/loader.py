@@ -96,9 +96,12 @@ def load_config(
     for tree in trees[1:]:
         root = merge(root, tree)
     data: dict[str, Any] = to_plain(root)
+    # Top-level `x-*` keys are the user's own (docker-compose style): a place for anchors to reuse.
+    data = {key: value for key, value in data.items() if not key.startswith("x-")}
     later: list[ConfigProblem] = []
     global_plugins, route_plugins = _check_plugins(root, data, plugin_models, later)
     config = _validate_schema(root, data, later)
+    later += _upstream_references(data, root)
     if config is not None:
         later += _cross_references(config, root)
     # An unset variable was replaced by nothing; whatever that breaks on the same line is the same problem.
@@ -157,7 +160,8 @@ def _parse_yaml(path: str, text: str, columns: ColumnMap) -> _ParsedFile:
         line = text.count("\n", 0, exc.position)
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
         loc = builder.loc(_Mark(line, column))
-        message = f"invalid YAML: {exc.reason} (character {exc.character!r})"
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        message = f"invalid YAML: {exc.reason} ({char})"
         return _ParsedFile(None, [ConfigProblem(path, loc.line, loc.column, "", message)])
     except YAMLError as exc:
         return _ParsedFile(None, [ConfigProblem(path, 0, 0, "", f"invalid YAML: {exc}")])
@@ -365,23 +369,32 @@ def _unknown(kind: str, name: str, known: Sequence[str]) -> str:
 
 def _cross_references(config: GatewayConfig, root: Node) -> list[ConfigProblem]:
     return [
-        *_upstream_references(config, root),
         *_duplicate_routes(config, root),
         *_listener_clashes(config, root),
     ]
 
 
-def _upstream_references(config: GatewayConfig, root: Node) -> list[ConfigProblem]:
-    declared = ", ".join(config.upstreams) or "none"
+def _upstream_references(data: dict[str, Any], root: Node) -> list[ConfigProblem]:
+    """Routes naming undeclared upstreams. Works on the plain data, so it is reported even when the schema
+    found other problems: a user fixes everything in one round."""
+    upstreams = data.get("upstreams")
+    routes = data.get("routes")
+    if not isinstance(upstreams, dict) or not isinstance(routes, list):
+        return []
+    declared = ", ".join(upstreams) or "none"
     problems: list[ConfigProblem] = []
-    for index, route in enumerate(config.routes):
-        references: list[tuple[list[Segment], str]]
-        if isinstance(route.to, str):
-            references = [(["routes", index, "to"], route.to)]
+    for index, route in enumerate(routes):
+        to = route.get("to") if isinstance(route, dict) else None
+        references: list[tuple[list[Segment], Any]]
+        if isinstance(to, str):
+            references = [(["routes", index, "to"], to)]
+        elif isinstance(to, list):
+            references = [(["routes", index, "to", i, "upstream"], split.get("upstream"))
+                          for i, split in enumerate(to) if isinstance(split, dict)]
         else:
-            references = [(["routes", index, "to", i, "upstream"], split.upstream) for i, split in enumerate(route.to)]
+            references = []
         for segments, name in references:
-            if name not in config.upstreams:
+            if isinstance(name, str) and name not in upstreams:
                 message = f"unknown upstream '{name}' (declared: {declared})"
                 problems.append(_problem_at(root, segments, message))
     return problems

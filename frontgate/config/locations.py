@@ -25,7 +25,7 @@ from frontgate.errors import ConfigProblem
 Segment: TypeAlias = str | int
 """A mapping key (always a string: the loader reads every key as text) or a list index."""
 
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_\-]+$")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 _SEGMENT = re.compile(r"""\.?(?P<key>[A-Za-z0-9_\-]+)|\[(?P<index>\d+)\]|\[(?P<quoted>"(?:[^"\\]|\\.)*")\]""")
 
 
@@ -62,7 +62,7 @@ def format_path(segments: Sequence[Segment]) -> str:
     for segment in segments:
         if isinstance(segment, int):
             out.append(f"[{segment}]")
-        elif _PLAIN_KEY.match(segment):
+        elif _PLAIN_KEY.fullmatch(segment):
             out.append(f".{segment}" if out else segment)
         else:
             out.append(f"[{json.dumps(segment)}]")

@@ -8,6 +8,7 @@ invalid header names. `inspect_request_head` adds what llhttp leaves to the appl
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -98,10 +99,7 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
         raise HttpError417()
 
     tokens = frozenset(connection)
-    if http_version == "1.1":
-        keep_alive = b"close" not in tokens
-    else:
-        keep_alive = b"keep-alive" in tokens
+    keep_alive = b"close" not in tokens if http_version == "1.1" else b"keep-alive" in tokens
     return RequestFraming(
         content_length=content_length,
         chunked=chunked,
@@ -117,23 +115,13 @@ class HttpError417(HttpError):
     close_connection = True
 
 
-_HOST_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:[]%")
+# RFC 3986 host [":" port]: a reg-name (unreserved, sub-delims, pct-encoded) or an IP literal in brackets;
+# never userinfo, a path or spaces.
+_HOST = re.compile(rb"^(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
 def _valid_host(host: bytes) -> bool:
-    """RFC 3986 host [":" port]; no userinfo, path or spaces."""
-    if not host or len(host) > 255:
-        return False
-    if not all(c in _HOST_CHARS for c in host):
-        return False
-    if host.startswith(b"["):
-        end = host.find(b"]")
-        if end < 0:
-            return False
-        rest = host[end + 1 :]
-        return rest == b"" or (rest.startswith(b":") and rest[1:].isdigit())
-    name, _, port = host.partition(b":")
-    return bool(name) and (port == b"" or (port.isdigit() and len(port) <= 5)) and b":" not in port
+    return len(host) <= 255 and _HOST.match(host) is not None
 
 
 def host_without_port(host: bytes) -> str:

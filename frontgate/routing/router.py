@@ -18,6 +18,9 @@ and every occurrence of it equal (case-sensitively) to one of the wanted values,
 second, different value along to the upstream. Empty `methods` means any method; HEAD goes wherever GET
 does.
 
+Exact and prefix paths from the config are normalised like request paths (`/%7Euser` is `/~user`);
+regexes are matched against the normalised path as they are.
+
 No candidate fits host, path and headers: 404. Some do but none takes the method: 405, with an `Allow`
 header listing every method those candidates take.
 
@@ -32,9 +35,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+from urllib.parse import quote
 
 from frontgate.config.schema import Match
-from frontgate.errors import MethodNotAllowed, NotFound
+from frontgate.errors import BadRequest, MethodNotAllowed, NotFound
+from frontgate.routing.normalize import normalize_path
 
 T = TypeVar("T")
 
@@ -245,12 +250,20 @@ def _pattern_first_segment(c: _Candidate[T]) -> str | None:
     return head.group(1) if head else None
 
 
+def _normal_pattern(pattern: str) -> str:
+    """A configured path in the form requests are matched in, so `/caf%c3%a9` and `/café` both work."""
+    try:
+        return normalize_path(quote(pattern, safe="/%:@!$&'()*+,;=~").encode("ascii"))
+    except BadRequest as exc:
+        raise ValueError(f"route path {pattern!r} cannot match any request: {exc.message}") from exc
+
+
 def _candidates(route: _Route[T]) -> list[_Candidate[T]]:
     match = route.match
     patterns = [
-        *((EXACT, p) for p in match.exact),
+        *((EXACT, _normal_pattern(p)) for p in match.exact),
         *((REGEX, p) for p in match.regex),
-        *((PREFIX, p) for p in match.paths),
+        *((PREFIX, _normal_pattern(p)) for p in match.paths),
     ]
     hosts: list[str | None] = list(dict.fromkeys(match.hosts)) or [None]
     return [_Candidate(route, host, kind, pattern, i) for host in hosts for i, (kind, pattern) in enumerate(patterns)]

@@ -72,6 +72,7 @@ class HttpConnection(asyncio.Protocol):
         self._paused_for: set[str] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._last_body = 0.0
         self.requests = 0
 
     @property
@@ -173,6 +174,9 @@ class HttpConnection(asyncio.Protocol):
                 self._raise(error)
             raise
         self._parsing = exchange
+        if not exchange.body_complete:
+            self._last_body = self.loop.time()
+            self._set_timer(self._timeouts.read_body, self._on_body_timeout)
         if self._active is None:
             self._active = exchange
             exchange.start()
@@ -182,11 +186,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
+            self._last_body = self.loop.time()
             self._parsing.request_body(body)
 
     def on_message_complete(self) -> None:
         exchange = self._parsing
         self._parsing = None
+        if exchange is not None and not exchange.body_complete:
+            self._cancel_timer()  # the body read timer
         if exchange is not None:
             exchange.request_complete()
 
@@ -365,6 +372,20 @@ class HttpConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _on_body_timeout(self) -> None:
+        """Checked lazily: each body chunk only stamps the time, it does not reschedule a timer."""
+        self._timer = None
+        exchange = self._parsing
+        if exchange is None or exchange.finished:
+            return
+        silence = self.loop.time() - self._last_body
+        if silence < self._timeouts.read_body:
+            self._set_timer(self._timeouts.read_body - silence, self._on_body_timeout)
+        elif exchange is self._active:
+            exchange.fail(RequestTimeout("The request body was not received in time."))
+        else:
+            self.close()
 
     def _on_head_timeout(self) -> None:
         self._timer = None

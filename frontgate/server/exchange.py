@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from frontgate.config.compile import CompiledRoute, Runtime
-from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, RequestTimeout
+from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge
 from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
 from frontgate.protocol.http1 import (
     CONTINUE_100,
@@ -39,12 +39,12 @@ _NO_BODY_STATUS = frozenset({204, 304})
 class Exchange:
     __slots__ = (
         "_chunked_out",
-        "_head_waiter",
+        "_head",
         "_pending",
         "_pending_bytes",
-        "_read_timer",
+        "_retried",
         "_task",
-        "_timeout_handle",
+        "_timer",
         "body_bytes",
         "body_complete",
         "bytes_out",
@@ -100,47 +100,57 @@ class Exchange:
         self._chunked_out = False
         self.status = 0
         self.bytes_out = 0
-        self._head_waiter: asyncio.Future[None] | None = None
-        self._timeout_handle: asyncio.TimerHandle | None = None
-        self._read_timer: asyncio.TimerHandle | None = None
+        self._head = b""
+        self._retried = False
+        self._timer: asyncio.TimerHandle | None = None
         self.last_upstream_activity = 0.0
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        route = self.route
+        if route is None:
+            self.fail(self.error or HttpError())
+        elif route.request_hooks or self.framing.expect_continue:
+            self._task = asyncio.get_running_loop().create_task(self._run(route))
+        else:
+            self._dispatch(route)  # nothing to await before the upstream: no task at all
 
     def abort(self) -> None:
         """The client went away or the connection is being torn down."""
         self.finished = True
-        self._cancel_timers()
+        self._cancel_timer()
         if self.upstream is not None:
             self.upstream.detach()
-            self._release_target()
+            self.upstream = None
+        self._release_target()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
-    async def _run(self) -> None:
-        if self.route is None:
-            self.fail(self.error or HttpError())
-            return
+    async def _run(self, route: CompiledRoute) -> None:
         try:
-            for hook in self.route.request_hooks:
+            for hook in route.request_hooks:
                 reply = await hook(self.ctx)
+                if self.gone():
+                    return
                 if reply is not None:
                     self.send_reply(reply)
                     return
             if self.framing.expect_continue and not self.body_complete:
                 self.conn.write(CONTINUE_100)
-            await self._forward(self.route)
+            self._dispatch(route)
         except HttpError as error:
             self.fail(error)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("unexpected error in route %s", self.route.name)
+            log.exception("unexpected error in route %s", route.name)
             self.fail(HttpError())
+
+    def gone(self) -> bool:
+        """Finished while we awaited (timeout, client left): a method, so type narrowing cannot cache it."""
+        return self.finished
 
     # --- request side -----------------------------------------------------------------------------
 
@@ -165,9 +175,6 @@ class Exchange:
         if self.upstream is not None and not self._pending and not self.upstream_body_done:
             self._end_upstream_body(self.upstream)
 
-    def body_timed_out(self) -> None:
-        self.fail(RequestTimeout("The request body was not received in time."))
-
     def _end_upstream_body(self, upstream: UpstreamConnection) -> None:
         if self.framing.chunked:
             upstream.write(LAST_CHUNK)
@@ -185,47 +192,44 @@ class Exchange:
 
     # --- to the upstream --------------------------------------------------------------------------
 
-    async def _forward(self, route: CompiledRoute) -> None:
+    def _dispatch(self, route: CompiledRoute) -> None:
+        """Pick the target and send on a pooled connection, or connect first (the only await)."""
         ctx = self.ctx
         key = route.sticky_key(ctx.headers, ctx.client_ip, ctx.claims) if route.sticky_key else None
         cluster = route.clusters[route.split.pick(key)]
         target = cluster.pick()
         self.target = target
         self.target_url = target.url
-        loop = asyncio.get_running_loop()
-        self._head_waiter = loop.create_future()
-        self._timeout_handle = loop.call_later(route.timeout, self._on_timeout)
         target.pool.in_flight += 1
-        head = self._upstream_head(cluster, target)
-        upstream = await target.pool.acquire()
-        reused = upstream.uses > 0
-        if self.gone():
-            target.pool.release(upstream, False)
-            return
-        self._send(upstream, head)
+        self._head = self._upstream_head(cluster, target)
+        loop = self.conn.loop
+        self._timer = loop.call_later(route.timeout, self._on_timer)
+        upstream = target.pool.take_idle()
+        if upstream is not None:
+            self._send(upstream)
+        else:
+            self._task = loop.create_task(self._connect_and_send(target))
+
+    async def _connect_and_send(self, target: Target) -> None:
         try:
-            await self._head_waiter
-        except UpstreamReset:
-            # A pooled connection the upstream had just closed: safe to resend once on a fresh one if
-            # nothing of the body went out with it and no byte of response came back.
-            if not (reused and not self.gone() and self.upstream_body_done and self.body_bytes == 0):
-                raise
-            self._head_waiter = loop.create_future()
             upstream = await target.pool.connect()
-            if self.gone():
-                upstream.close()
-                return
-            self._send(upstream, head)
-            await self._head_waiter
+        except HttpError as error:
+            self.fail(error)
+            return
+        if self.gone():
+            target.pool.release(upstream, True)  # a healthy new connection: keep it for the next request
+            return
+        self._send(upstream)
 
-    def gone(self) -> bool:
-        """Finished while we awaited (timeout, client left): a method, so type narrowing cannot cache it."""
-        return self.finished
-
-    def _send(self, upstream: UpstreamConnection, head: bytes) -> None:
+    def _send(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
-        upstream.start(self, head, self.head_only)
+        upstream.start(self, self._head, self.head_only)
         self._flush_pending(upstream)
+
+    def _retry_safe(self, upstream_was_reused: bool) -> bool:
+        """A pooled connection the upstream had just closed: resend once on a fresh one, but only if no byte
+        of the body went out with it (nothing can have been acted on twice)."""
+        return upstream_was_reused and not self._retried and self.upstream_body_done and self.body_bytes == 0
 
     def _upstream_head(self, cluster: UpstreamCluster, target: Target) -> bytes:
         ctx = self.ctx
@@ -248,9 +252,23 @@ class Exchange:
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def _on_timeout(self) -> None:
-        self._timeout_handle = None
-        self.fail(GatewayTimeout())
+    def _on_timer(self) -> None:
+        """One timer per request. Before the response head it is the route timeout (504); after it, it bounds
+        each silence of the upstream (like nginx's proxy_read_timeout), re-armed lazily so a streaming body
+        does not reschedule a timer per chunk."""
+        self._timer = None
+        if self.finished:
+            return
+        if not self.response_started:
+            self.fail(GatewayTimeout())
+            return
+        loop = self.conn.loop
+        assert self.route is not None
+        idle = loop.time() - self.last_upstream_activity
+        if idle >= self.route.timeout:
+            self.fail(GatewayTimeout())  # the response started: this cuts the connection
+        else:
+            self._timer = loop.call_later(self.route.timeout - idle, self._on_timer)
 
     # --- ResponseReceiver -------------------------------------------------------------------------
 
@@ -261,10 +279,7 @@ class Exchange:
             return
         self.response_started = True
         self.status = status
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-            self._timeout_handle = None
-        self._watch_upstream_reads()
+        self.last_upstream_activity = self.conn.loop.time()
 
         named = {t for n, v in headers if n == b"connection" for t in header_tokens(v)}
         kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named and n != b"content-length"]
@@ -294,9 +309,6 @@ class Exchange:
             parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         conn.write(b"".join(parts))
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def response_body(self, data: bytes) -> None:
         if self.finished:
@@ -320,21 +332,22 @@ class Exchange:
     def upstream_failed(self, error: HttpError, response_started: bool) -> None:
         if self.finished:
             return
+        upstream = self.upstream
+        self.upstream = None
         if response_started:
             # Mid-body: the client must see a truncated response and a closed connection, never a
             # complete-looking one.
-            self.upstream = None
             self._release_target()
             self.finished = True
-            self._cancel_timers()
+            self._cancel_timer()
             self.conn.abort_exchange(self)
             return
-        waiter = self._head_waiter
-        self.upstream = None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)  # _forward decides: retry on a fresh connection, or fail
-        else:
-            self.fail(error)
+        reused = upstream is not None and upstream.uses > 1
+        if isinstance(error, UpstreamReset) and self.target is not None and self._retry_safe(reused):
+            self._retried = True
+            self._task = self.conn.loop.create_task(self._connect_and_send(self.target))
+            return
+        self.fail(error)
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:
@@ -361,12 +374,9 @@ class Exchange:
         if self.upstream is not None:
             self.upstream.detach()
             self.upstream = None
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
         if self.response_started:
             self.finished = True
-            self._cancel_timers()
+            self._cancel_timer()
             self._release_target()
             self.conn.abort_exchange(self)
             return
@@ -374,14 +384,14 @@ class Exchange:
 
     def _finish(self) -> None:
         self.finished = True
-        self._cancel_timers()
+        self._cancel_timer()
         self._release_target()
         self.conn.exchange_finished(self)
 
     def mark_local_reply_done(self, status: int) -> None:
         self.status = status
         self.finished = True
-        self._cancel_timers()
+        self._cancel_timer()
         self._release_target()
         if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
             self._task.cancel()
@@ -392,30 +402,7 @@ class Exchange:
             self.target = None
             target.pool.in_flight -= 1
 
-    def _cancel_timers(self) -> None:
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-            self._timeout_handle = None
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _watch_upstream_reads(self) -> None:
-        """After the head, the route timeout bounds each silence of the upstream (like proxy_read_timeout),
-        checked lazily so a streaming body does not reschedule a timer per chunk."""
-        loop = self.conn.loop
-        self.last_upstream_activity = loop.time()
-        assert self.route is not None
-        timeout = self.route.timeout
-
-        def check() -> None:
-            self._read_timer = None
-            if self.finished:
-                return
-            idle = loop.time() - self.last_upstream_activity
-            if idle >= timeout:
-                self.fail(RequestTimeout())  # response started: this cuts the connection
-            else:
-                self._read_timer = loop.call_later(timeout - idle, check)
-
-        self._read_timer = loop.call_later(timeout, check)
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -49,7 +49,8 @@ class TargetPool:
     def idle_count(self) -> int:
         return len(self._idle)
 
-    async def acquire(self) -> UpstreamConnection:
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used live idle connection, or None (then `connect`)."""
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
@@ -57,7 +58,7 @@ class TargetPool:
                     conn.idle_handle.cancel()
                     conn.idle_handle = None
                 return conn
-        return await self.connect()
+        return None
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()

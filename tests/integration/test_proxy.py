@@ -321,3 +321,21 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):  # peak resident set: catches a buffer that came and went
             return int(line.split()[1])
     raise AssertionError("no VmHWM")
+
+
+def test_stalled_request_body_gets_408_and_never_completes_upstream(tmp_path: Path) -> None:
+    sink = RecordingUpstream(_count_and_drop)
+    try:
+        config = gateway_config(free_port(), free_port(), upstreams={"sink": [sink.url]},
+                                routes=[{"name": "up", "match": {"paths": ["/"]}, "to": "sink"}],
+                                server={"timeouts": {"read_body": "1s", "drain": "1s"}},
+                                observability={"access_log": False})
+        with run_gateway(tmp_path, config) as gw:
+            started = time.monotonic()
+            response = raw_exchange(gw.port, b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+                                    timeout=5)
+            assert status_of(response) == 408
+            assert 0.9 < time.monotonic() - started < 3
+            assert sink.requests == []
+    finally:
+        sink.close()

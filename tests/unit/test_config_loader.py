@@ -280,6 +280,33 @@ def test_column_map_points_every_character_after_a_substitution_back_to_its_sour
     assert columns.source_column(0, text.index("value")) == 3  # inside a value: its `${`
 
 
+def test_a_hash_inside_quotes_or_words_does_not_start_a_comment() -> None:
+    source = 'secret: "a #b ${X}"  # ${Y}\nurl: http://h/#${X} # ${Z}\nnote: don\'t # ${Z}\n'
+    text, _, found = substitute(source, {"X": "x"})
+    assert found == []
+    assert text == 'secret: "a #b x"  # ${Y}\nurl: http://h/#x # ${Z}\nnote: don\'t # ${Z}\n'
+
+
+_NO_DOLLAR_OR_BREAK = st.text(
+    st.characters(codec="utf-8", exclude_characters="$#\n\r\x85\u2028\u2029"), max_size=6
+)
+
+
+@given(st.lists(st.tuples(_NO_DOLLAR_OR_BREAK, _NO_DOLLAR_OR_BREAK), max_size=5))
+def test_column_map_sends_every_character_the_user_wrote_back_to_its_column(pieces: list[tuple[str, str]]) -> None:
+    environ = {f"V{i}": value for i, (_, value) in enumerate(pieces)}
+    source = "".join(f"{literal}${{V{i}}}" for i, (literal, _) in enumerate(pieces))
+    text, columns, found = substitute(source, environ)
+    assert found == []
+    out = 0
+    for literal, value in pieces:
+        for char in literal:
+            assert text[out] == char == source[columns.source_column(0, out)]
+            out += 1
+        assert text[out : out + len(value)] == value
+        out += len(value)
+
+
 # --- YAML ---------------------------------------------------------------------------------------------
 
 
@@ -361,6 +388,13 @@ def test_a_mistake_inside_an_anchored_block_is_reported_once_at_the_anchor(tmp_p
             pool: *pool
         """)
     assert problems([path]) == [f"{path}:5:28: upstreams.orders.pool.max_idle: must be at least 0"]
+
+
+def test_a_control_character_is_reported_where_it_sits(tmp_path: Path) -> None:
+    path = write(tmp_path, "gw.yaml", 'version: 1\nadmin: {listen: "${HOST}:99\x00"}\n')
+    assert problems([path], {"HOST": "127.0.0.1"}) == [
+        f"{path}:2:28: invalid YAML: special characters are not allowed (U+0000)"
+    ]
 
 
 def test_undefined_alias_and_unsupported_tags_are_reported(tmp_path: Path) -> None:
@@ -461,6 +495,7 @@ def test_problem_in_a_merged_route_points_at_the_second_file(tmp_path: Path) -> 
     assert problems([base, overlay]) == [
         f"{overlay}:4:14: routes[0].timeout: invalid duration 'soon': expected a number with a unit: 250ms, 2s, "
         "1m, 1h",
+        f"{overlay}:5:9: routes[0].to: unknown upstream 'ordres' (declared: orders, payments)",
     ]
     fixed = write(tmp_path, "fixed.yaml", Path(overlay).read_text().replace("soon", "5s"))
     assert problems([base, fixed]) == [
@@ -709,3 +744,31 @@ def test_field_paths_quote_keys_that_are_not_plain_words() -> None:
 @given(st.lists(st.one_of(st.text(min_size=1, max_size=8), st.integers(min_value=0, max_value=99)), max_size=6))
 def test_field_path_round_trips_through_its_text(segments: list[str | int]) -> None:
     assert parse_path(format_path(segments)) == segments
+
+
+def test_top_level_x_keys_hold_anchors_for_reuse(tmp_path: Path) -> None:
+    path = tmp_path / "anchors.yaml"
+    path.write_text(
+        "version: 1\n"
+        "x-timeouts: &slow {timeout: 5s}\n"
+        "upstreams: {a: {targets: ['http://127.0.0.1:9000']}}\n"
+        "routes:\n"
+        "  - {name: r, match: {paths: [/r]}, to: a, <<: *slow}\n"
+    )
+    loaded = load_config([str(path)])
+    assert loaded.config.routes[0].timeout == 5.0
+
+
+def test_an_undeclared_upstream_is_reported_beside_schema_problems(tmp_path: Path) -> None:
+    path = tmp_path / "both.yaml"
+    path.write_text(
+        "version: 1\n"
+        "upstreams: {a: {targets: ['http://127.0.0.1:9000']}}\n"
+        "routes:\n"
+        "  - {name: r, match: {paths: [/r]}, to: b, tiemout: 2s}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config([str(path)])
+    messages = [p.message for p in caught.value.problems]
+    assert any("unknown upstream 'b'" in m for m in messages)
+    assert any("unknown field 'tiemout'" in m for m in messages)
