@@ -32,7 +32,7 @@ BENCH_NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 BENCH_WRK=${BENCH_WRK:-wrk}
 BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-0}                # upstream nginx and wrk
 BENCH_PROXY_CPUS=${BENCH_PROXY_CPUS:-1}              # the proxy under test (1 worker)
-export BENCH_HEADER=${BENCH_HEADER:-}                     # one "Name: value" header sent on every request (e.g. a token)
+export BENCH_HEADER=${BENCH_HEADER:-}               # one "Name: value" header sent on every request (e.g. a token)
 BENCH_KEEP=${BENCH_KEEP:-0}                          # 1: keep the temp dir (nginx confs) for inspection
 
 die() { echo "bench: $*" >&2; exit 2; }
@@ -64,6 +64,7 @@ ALL_CPUS="0-$((NPROC - 1))"
 # --- state and cleanup ---------------------------------------------------------------------------------
 TS=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS="$ROOT/bench/results"
+[[ -e $RESULTS/$TS ]] && TS="$TS-$$"   # two runs started in the same second
 RUN_DIR="$RESULTS/$TS"
 mkdir -p "$RUN_DIR/wrk" "$RUN_DIR/logs"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/frontgate-bench.XXXXXX")

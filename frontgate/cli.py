@@ -156,6 +156,27 @@ def _explain(console: object, runtime: object, method: str, url: str, header_arg
     return EXIT_OK
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from frontgate.config.compile import compile_runtime
+    from frontgate.policy_tests import load_tests, run_tests
+    from frontgate.upstream.pool import PoolRegistry
+
+    try:
+        loaded = _load(args.config)
+        tests = load_tests(args.tests)
+    except ConfigError as error:
+        _print_problems(error)
+        return EXIT_INVALID
+    outcomes = run_tests(compile_runtime(loaded, PoolRegistry(), 0), tests)
+    for outcome in outcomes:
+        print(f"{'ok  ' if outcome.passed else 'FAIL'} {outcome.name}")
+        for failure in outcome.failures:
+            print(f"       {failure}")
+    failed = sum(not o.passed for o in outcomes)
+    print(f"{len(outcomes) - failed} passed, {failed} failed")
+    return EXIT_INVALID if failed else EXIT_OK
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     from frontgate.server.workers import default_pid_file
 
@@ -225,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     routes.add_argument("url", nargs="?", metavar="URL")
     routes.add_argument("-H", "--header", action="append", metavar="'K: V'")
     routes.set_defaults(func=cmd_routes)
+
+    test = commands.add_parser("test", help="run declarative route and policy tests, without upstreams")
+    with_config(test)
+    test.add_argument("tests", metavar="TESTS.yaml")
+    test.set_defaults(func=cmd_test)
 
     reload = commands.add_parser("reload", help="validate the file, then tell the running gateway to re-read it")
     with_config(reload)

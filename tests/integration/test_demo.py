@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from frontgate.demo.run import ServiceThread
 from tests.integration.demo_helpers import (
     CurlCommand,
     GatewayProcess,
@@ -183,3 +188,99 @@ def test_a_taken_port_is_reported_with_a_way_out(demo: GatewayProcess) -> None:
     assert result.returncode == 1
     assert f"port {demo.port} is already in use" in result.stderr
     assert "--port" in result.stderr
+
+
+# --- the sample services on their own (what other integration tests rely on) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def service_ports() -> Iterator[dict[str, int]]:
+    thread = ServiceThread()
+    try:
+        yield thread.start(["orders", "payments", "catalog", "users", "recs"])
+    finally:
+        thread.stop()
+
+
+def raw(port: int, data: bytes, responses: int, timeout: float = 5.0) -> bytes:
+    """Send `data`, read until `responses` complete responses arrived (or the server closed)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(re.findall(rb"HTTP/1\.1 \d{3} ", received)) < responses:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        sock.settimeout(0.2)  # whatever else is already on its way
+        with contextlib.suppress(TimeoutError):
+            received += sock.recv(65536)
+    return received
+
+
+def test_echo_reports_the_request_exactly_as_received(service_ports: dict[str, int]) -> None:
+    body = b"hello, chunked world"
+    request = (b"POST /_echo/a/%2e%2e/b?x=1&y=two HTTP/1.1\r\nHost: svc\r\nX-Mixed-Case: One\r\n"
+               b"x-dup: 1\r\nX-Dup: 2\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n" + b"%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\n\r\n")
+    response = raw(service_ports["orders"], request, 1)
+    echo = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert echo["service"] == "orders"
+    assert echo["method"] == "POST"
+    assert echo["target"] == "/_echo/a/%2e%2e/b?x=1&y=two"
+    assert (echo["path"], echo["query"], echo["args"]) == ("/_echo/a/%2e%2e/b", "x=1&y=two", {"x": "1", "y": "two"})
+    assert echo["headers"][1:4] == [["X-Mixed-Case", "One"], ["x-dup", "1"], ["X-Dup", "2"]]
+    assert echo["body_length"] == len(body)
+    assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert echo["body"] == body.decode()
+    assert echo["chunked"] is True
+    assert echo["peer"].startswith("127.0.0.1:")
+
+
+def test_pipelined_requests_on_one_connection_are_answered_in_order(service_ports: dict[str, int]) -> None:
+    requests = (b"GET /orders/1002 HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"POST /_status/418 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                b"HEAD /orders HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    response = raw(service_ports["orders"], requests, 4)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", response) == [b"200", b"418", b"200", b"404"]
+    assert b'"id": "1002"' in response
+    assert response.count(b"Server: frontgate-demo-orders\r\n") == 4
+
+
+def test_head_sends_the_get_headers_without_a_body(service_ports: dict[str, int]) -> None:
+    url = f"http://127.0.0.1:{service_ports['catalog']}/catalog"
+    with httpx.Client(timeout=TIMEOUT) as client:
+        get, head = client.get(url), client.head(url)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert head.headers["cache-control"] == "max-age=30"
+
+
+def test_bytes_streams_exactly_n_bytes_chunked(service_ports: dict[str, int]) -> None:
+    n = 1_000_003
+    with httpx.Client(timeout=TIMEOUT) as client:
+        response = client.get(f"http://127.0.0.1:{service_ports['users']}/_bytes", params={"n": n, "chunk": 4096})
+    assert response.headers["transfer-encoding"] == "chunked"
+    pattern = b"0123456789abcdefghijklmnopqrstuvwxyz"
+    assert response.content == (pattern * (n // len(pattern) + 1))[:n]
+
+
+def test_status_and_slow_endpoints(service_ports: dict[str, int]) -> None:
+    base = f"http://127.0.0.1:{service_ports['payments']}"
+    with httpx.Client(timeout=TIMEOUT) as client:
+        assert client.get(base + "/_status/503").status_code == 503
+        assert client.post(base + "/_status/204").content == b""
+        started = time.monotonic()
+        assert client.get(base + "/_slow", params={"ms": 300}).json()["slept_ms"] == 300
+        assert time.monotonic() - started >= 0.3
+
+
+def test_every_service_names_itself_in_the_server_header(service_ports: dict[str, int]) -> None:
+    with httpx.Client(timeout=TIMEOUT) as client:
+        for name, port in service_ports.items():
+            response = client.get(f"http://127.0.0.1:{port}/healthz")
+            assert response.headers["server"] == f"frontgate-demo-{name}"
+            assert response.json() == {"status": "ok", "served_by": name}

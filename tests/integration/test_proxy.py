@@ -169,7 +169,8 @@ def test_prefix_matches_on_segment_boundaries(gateway: RunningGateway) -> None:
 
 
 def test_dot_segments_are_normalised_before_routing_and_forwarding(gateway: RunningGateway) -> None:
-    response = raw_exchange(gateway.port, b"GET /api/%2e%2e/orders/./7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    request = b"GET /api/%2e%2e/orders/./7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    response = raw_exchange(gateway.port, request)
     assert status_of(response) == 200
     body = json.loads(response.split(b"\r\n\r\n", 1)[1])
     assert body["target"] == "/orders/7"  # routed as /orders/7, not through /api's rewrite
