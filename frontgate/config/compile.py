@@ -19,7 +19,7 @@ from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, Upstream
 from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
 from frontgate.plugins import REGISTRY
-from frontgate.plugins.base import Plugin, PluginConfig
+from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
 from frontgate.routing.router import Router
 from frontgate.routing.split import UpstreamSplit, sticky_key_from
@@ -61,6 +61,8 @@ class Runtime:
     # Replies to requests no route matched (404/405) still get the global plugins' response hooks, so the
     # request id is echoed and CORS headers are set on errors too.
     unrouted_response_hooks: tuple[ResponseHook, ...]
+    unrouted_plugins: tuple[Plugin, ...]
+    build: BuildContext
     is_trusted: Callable[[str], bool] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +84,7 @@ class Runtime:
         return host in self.declared_hosts or any(host.endswith(w) for w in self.wildcard_hosts)
 
     def plugins(self) -> list[Plugin]:
-        seen: dict[int, Plugin] = {}
+        seen: dict[int, Plugin] = {id(p): p for p in self.unrouted_plugins}
         for route in self.routes:
             for plugin in route.plugins:
                 seen[id(plugin)] = plugin
@@ -117,12 +119,13 @@ def compile_runtime(loaded: LoadedConfig, pools: PoolRegistry, generation: int) 
         for name, upstream in config.upstreams.items()
     }
     global_plugins = loaded.global_plugins
+    build = BuildContext(config)
     routes = [
-        _compile_route(route, loaded.route_plugins[index], global_plugins, clusters, config)
+        _compile_route(route, loaded.route_plugins[index], global_plugins, clusters, config, build)
         for index, route in enumerate(config.routes)
     ]
     hosts = {h for r in config.routes for h in r.match.hosts}
-    unrouted = _instantiate(dict(global_plugins), None)
+    unrouted = _instantiate(dict(global_plugins), None, build)
     return Runtime(
         generation=generation,
         config=config,
@@ -134,16 +137,18 @@ def compile_runtime(loaded: LoadedConfig, pools: PoolRegistry, generation: int) 
         declared_hosts=frozenset(h for h in hosts if not h.startswith("*.")),
         wildcard_hosts=tuple(h[1:] for h in hosts if h.startswith("*.")),
         unrouted_response_hooks=tuple(p.on_response for p in reversed(unrouted) if p.implements("on_response")),
+        unrouted_plugins=tuple(unrouted),
+        build=build,
     )
 
 
-def _instantiate(effective: dict[str, BaseModel], route: Route | None) -> list[Plugin]:
+def _instantiate(effective: dict[str, BaseModel], route: Route | None, build: BuildContext) -> list[Plugin]:
     """Build the enabled plugins, highest priority first."""
     plugins = []
     for name, plugin_config in effective.items():
         assert isinstance(plugin_config, PluginConfig)
         if plugin_config.enabled:
-            plugins.append(REGISTRY[name](plugin_config, route))
+            plugins.append(REGISTRY[name](plugin_config, route, build))
     plugins.sort(key=lambda p: -p.priority)
     return plugins
 
@@ -154,6 +159,7 @@ def _compile_route(
     global_plugins: dict[str, BaseModel],
     clusters: dict[str, UpstreamCluster],
     config: GatewayConfig,
+    build: BuildContext,
 ) -> CompiledRoute:
     # Route settings override global ones by name; `None` (enabled: false) switches a global plugin off.
     effective: dict[str, BaseModel] = dict(global_plugins)
@@ -162,7 +168,7 @@ def _compile_route(
             effective.pop(name, None)
         else:
             effective[name] = plugin_config
-    plugins = _instantiate(effective, route)
+    plugins = _instantiate(effective, route, build)
 
     max_body = config.server.limits.max_body_bytes
     body_limit = effective.get("body_limit")

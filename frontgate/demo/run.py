@@ -186,7 +186,11 @@ def run_demo(port: int = 8080, admin_port: int = 9901) -> int:
 
     services = ServiceThread()
     try:
-        ports = services.start()
+        try:
+            ports = services.start()
+        except (OSError, TimeoutError) as exc:
+            err.print(f"[red]frontgate demo:[/red] cannot start the sample services: {escape(str(exc))}")
+            return EXIT_FAILED
         os.environ.update({"DEMO_PORT": str(port), "DEMO_ADMIN_PORT": str(admin_port)})
         os.environ.update({port_env_var(name): str(p) for name, p in ports.items()})
         with demo_config_path() as config:

@@ -8,11 +8,12 @@ costs nothing per request.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from frontgate.config.schema import Route
+from frontgate.config.schema import GatewayConfig, Route
 from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
 
 
@@ -22,14 +23,26 @@ class PluginConfig(BaseModel):
     enabled: bool = True
 
 
+@dataclass
+class BuildContext:
+    """What plugins of one config generation share: the whole validated config (consumers, store settings)
+    and a place for resources built once and used by many plugin instances (a store client, a JWKS cache),
+    keyed by whatever the plugin module chooses."""
+
+    gateway: GatewayConfig
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
 class Plugin:
     name: ClassVar[str]
     priority: ClassVar[int]  # higher runs earlier on the request
     Config: ClassVar[type[PluginConfig]] = PluginConfig
 
-    def __init__(self, config: PluginConfig, route: Route | None) -> None:
+    def __init__(self, config: PluginConfig, route: Route | None, build: BuildContext) -> None:
+        """Built once per route (or once for unrouted requests, with `route` None) per config generation."""
         self.config = config
         self.route = route
+        self.build = build
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         """Inspect or change the request; return a Reply (or raise an HttpError) to answer it here."""

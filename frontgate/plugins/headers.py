@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from frontgate.config.schema import Route
 from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
-from frontgate.plugins.base import Plugin, PluginConfig
+from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -80,8 +81,8 @@ class RequestHeadersPlugin(Plugin):
     Config = HeaderRulesConfig
     config: HeaderRulesConfig
 
-    def __init__(self, config: HeaderRulesConfig, route: object) -> None:
-        super().__init__(config, None)
+    def __init__(self, config: HeaderRulesConfig, route: Route | None, build: BuildContext) -> None:
+        super().__init__(config, route, build)
         self._rules = HeaderRules(config)
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:
@@ -95,8 +96,8 @@ class ResponseHeadersPlugin(Plugin):
     Config = HeaderRulesConfig
     config: HeaderRulesConfig
 
-    def __init__(self, config: HeaderRulesConfig, route: object) -> None:
-        super().__init__(config, None)
+    def __init__(self, config: HeaderRulesConfig, route: Route | None, build: BuildContext) -> None:
+        super().__init__(config, route, build)
         self._rules = HeaderRules(config)
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:

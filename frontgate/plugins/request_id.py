@@ -6,8 +6,9 @@ import re
 
 from pydantic import Field
 
+from frontgate.config.schema import Route
 from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
-from frontgate.plugins.base import Plugin, PluginConfig
+from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 
 # An incoming id is kept only if it is short and plain: it ends up in logs and other services' headers.
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -25,8 +26,8 @@ class RequestIdPlugin(Plugin):
     Config = RequestIdConfig
     config: RequestIdConfig
 
-    def __init__(self, config: RequestIdConfig, route: object) -> None:
-        super().__init__(config, None)
+    def __init__(self, config: RequestIdConfig, route: Route | None, build: BuildContext) -> None:
+        super().__init__(config, route, build)
         self._header = config.header.lower().encode("latin-1")
 
     async def on_request(self, ctx: RequestContext) -> Reply | None:

@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from frontgate.config.schema import Route
 from frontgate.pipeline.context import Reply, RequestContext
-from frontgate.plugins.base import Plugin, PluginConfig
+from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 
 
 class RewriteConfig(PluginConfig):
@@ -27,8 +27,8 @@ class RewritePlugin(Plugin):
     Config = RewriteConfig
     config: RewriteConfig
 
-    def __init__(self, config: RewriteConfig, route: Route | None) -> None:
-        super().__init__(config, route)
+    def __init__(self, config: RewriteConfig, route: Route | None, build: BuildContext) -> None:
+        super().__init__(config, route, build)
         # Longest first, so /orders/v2 is stripped before /orders.
         prefixes = route.match.paths if route is not None else []
         self._prefixes = sorted((p.rstrip("/") for p in prefixes), key=len, reverse=True)
