@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, Upstream
-from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
@@ -28,6 +28,7 @@ from frontgate.upstream.pool import PoolKey, PoolRegistry
 
 RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
+LogHook = Callable[[RequestContext, RequestSummary], None]
 StickyKey = Callable[[Sequence[tuple[bytes, bytes]], str, Any], bytes | None]
 
 DEFAULT_ROUTE_TIMEOUT = 60.0  # like nginx's proxy_read_timeout; routes set their own
@@ -43,6 +44,7 @@ class CompiledRoute:
     plugins: tuple[Plugin, ...]
     request_hooks: tuple[RequestHook, ...]
     response_hooks: tuple[ResponseHook, ...]  # already in reverse priority order
+    log_hooks: tuple[LogHook, ...]
     timeout: float
     max_body_bytes: int
 
@@ -185,6 +187,7 @@ def _compile_route(
         plugins=tuple(plugins),
         request_hooks=tuple(p.on_request for p in plugins if p.implements("on_request")),
         response_hooks=tuple(p.on_response for p in reversed(plugins) if p.implements("on_response")),
+        log_hooks=tuple(p.on_log for p in reversed(plugins) if p.implements("on_log")),
         timeout=route.timeout or DEFAULT_ROUTE_TIMEOUT,
         max_body_bytes=max_body,
     )

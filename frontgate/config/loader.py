@@ -377,7 +377,7 @@ def _cross_references(config: GatewayConfig, root: Node) -> list[ConfigProblem]:
 def _upstream_references(data: dict[str, Any], root: Node) -> list[ConfigProblem]:
     """Routes naming undeclared upstreams. Works on the plain data, so it is reported even when the schema
     found other problems: a user fixes everything in one round."""
-    upstreams = data.get("upstreams")
+    upstreams = data.get("upstreams") or {}
     routes = data.get("routes")
     if not isinstance(upstreams, dict) or not isinstance(routes, list):
         return []

@@ -122,3 +122,15 @@ class ResponseHead:
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
         self.headers = headers
+
+
+@dataclass(slots=True)
+class RequestSummary:
+    """What happened to a request, handed to `on_log` hooks once it is over (answered, cut or abandoned)."""
+
+    status: int  # 0 when the client left before any answer
+    bytes_in: int
+    bytes_out: int
+    duration: float  # seconds since the head was parsed
+    upstream: str | None  # the target URL, when one was chosen
+    completed: bool  # False when the response was cut or never sent

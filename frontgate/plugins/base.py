@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from frontgate.config.schema import GatewayConfig, Route
-from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 
 
 class PluginConfig(BaseModel):
@@ -50,6 +50,10 @@ class Plugin:
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
         """Change the response status line or headers before they are written."""
+
+    def on_log(self, ctx: RequestContext, summary: RequestSummary) -> None:
+        """The request is over (every request that reached this plugin's route, however it ended): count it,
+        release per-request resources (a concurrency slot), log it. Must not block."""
 
     async def startup(self) -> None:
         """Acquire shared resources (connections, background refreshers) for this config generation."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge
-from frontgate.pipeline.context import Reply, RequestContext, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.protocol.http1 import (
     CONTINUE_100,
     HOP_BY_HOP,
@@ -50,6 +51,7 @@ class Exchange:
         "bytes_out",
         "conn",
         "ctx",
+        "cut",
         "error",
         "finished",
         "framing",
@@ -57,6 +59,7 @@ class Exchange:
         "keep_alive",
         "last_upstream_activity",
         "max_body_bytes",
+        "observed",
         "response_started",
         "route",
         "runtime",
@@ -105,6 +108,8 @@ class Exchange:
         self._timer: asyncio.TimerHandle | None = None
         self.last_upstream_activity = 0.0
         self._task: asyncio.Task[None] | None = None
+        self.cut = False  # the response was started and then cut off
+        self.observed = False  # reported to the gateway's accounting (exactly once)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -119,6 +124,8 @@ class Exchange:
 
     def abort(self) -> None:
         """The client went away or the connection is being torn down."""
+        if not self.observed:
+            self.conn.gateway.observe(self)
         self.finished = True
         self._cancel_timer()
         if self.upstream is not None:
@@ -147,6 +154,16 @@ class Exchange:
         except Exception:
             log.exception("unexpected error in route %s", route.name)
             self.fail(HttpError())
+
+    def summary(self) -> RequestSummary:
+        return RequestSummary(
+            status=self.status,
+            bytes_in=self.body_bytes,
+            bytes_out=self.bytes_out,
+            duration=time.monotonic() - self.ctx.started,
+            upstream=self.target_url,
+            completed=self.finished and self.status != 0 and not self.cut,
+        )
 
     def gone(self) -> bool:
         """Finished while we awaited (timeout, client left): a method, so type narrowing cannot cache it."""
@@ -339,6 +356,7 @@ class Exchange:
             # complete-looking one.
             self._release_target()
             self.finished = True
+            self.cut = True
             self._cancel_timer()
             self.conn.abort_exchange(self)
             return
@@ -376,6 +394,7 @@ class Exchange:
             self.upstream = None
         if self.response_started:
             self.finished = True
+            self.cut = True
             self._cancel_timer()
             self._release_target()
             self.conn.abort_exchange(self)

@@ -136,7 +136,19 @@ class Gateway:
     # --- accounting -------------------------------------------------------------------------------
 
     def observe(self, exchange: Exchange) -> None:
+        """Called once per exchange, however it ended."""
+        if exchange.observed:
+            return
+        exchange.observed = True
         self.requests += 1
+        route = exchange.route
+        if route is not None and route.log_hooks:
+            summary = exchange.summary()
+            for hook in route.log_hooks:
+                try:
+                    hook(exchange.ctx, summary)
+                except Exception:
+                    log.exception("on_log hook failed in route %s", route.name)
         if self.access_log.enabled:
             self.access_log.write(exchange)
 
