@@ -8,6 +8,7 @@ invalid header names. `inspect_request_head` adds what llhttp leaves to the appl
 from __future__ import annotations
 
 import json
+from email.utils import formatdate
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -143,10 +144,12 @@ def render_response(
     headers: list[tuple[bytes, bytes]],
     content_type: bytes | None,
     close: bool,
+    date_line: bytes,
     head_only: bool = False,
 ) -> bytes:
-    """A whole response the gateway makes itself, in one buffer for one write."""
-    parts = [status_line(status)]
+    """A whole response the gateway makes itself, in one buffer for one write. `date_line` is the cached
+    `date: ...\r\n` (RFC 9110 §6.6.1: a server with a clock sends Date)."""
+    parts = [status_line(status), date_line]
     for name, value in headers:
         parts.append(name + b": " + value + b"\r\n")
     if content_type is not None and body:
@@ -165,4 +168,10 @@ def chunk(data: bytes) -> bytes:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+def date_line(now: float) -> bytes:
+    return b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n"
+
+
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -168,17 +168,6 @@ def _headers_fit(conditions: tuple[HeaderCondition, ...], headers: Headers) -> b
     return True
 
 
-def _accepts(candidate: _Candidate[T], method: str, headers: Headers, allow: list[frozenset[str]]) -> bool:
-    """Whether a candidate whose host and path fit takes the request; notes its methods if only those fail."""
-    if candidate.header_conditions and not _headers_fit(candidate.header_conditions, headers):
-        return False
-    methods = candidate.methods
-    if methods is None or method in methods:
-        return True
-    allow.append(methods)
-    return False
-
-
 _RegexLane = tuple[tuple[Callable[[str], object], _Candidate[T]], ...]
 _PrefixLane = tuple[tuple[str | None, str, _Candidate[T]], ...]
 
@@ -218,21 +207,31 @@ class _Table(Generic[T]):
         prefixes = tuple((c.exact_path, c.prefix_slash, c) for c in candidates if c.prefix_slash is not None)
         return regexes, prefixes
 
-    def find(
-        self, method: str, path: str, segment: str, headers: Headers, allow: list[frozenset[str]]
-    ) -> _Candidate[T] | None:
+    def find(self, method: str, path: str, headers: Headers, allow: list[frozenset[str]]) -> _Candidate[T] | None:
+        # The header and method checks are inlined in each loop: a call per candidate costs more than they do.
         group = self.exact.get(path)
         if group is not None:
             for c in group:
-                if _accepts(c, method, headers, allow):
+                if c.header_conditions and not _headers_fit(c.header_conditions, headers):
+                    continue
+                if c.methods is None or method in c.methods:
                     return c
-        regexes, prefixes = self.lanes.get(segment, self.other)
+                allow.append(c.methods)
+        regexes, prefixes = self.lanes.get(path.split("/", 2)[1], self.other)
         for fullmatch, c in regexes:
-            if fullmatch(path) is not None and _accepts(c, method, headers, allow):
-                return c
+            if fullmatch(path) is not None:
+                if c.header_conditions and not _headers_fit(c.header_conditions, headers):
+                    continue
+                if c.methods is None or method in c.methods:
+                    return c
+                allow.append(c.methods)
         for exact_path, prefix_slash, c in prefixes:
-            if (path == exact_path or path.startswith(prefix_slash)) and _accepts(c, method, headers, allow):
-                return c
+            if path == exact_path or path.startswith(prefix_slash):
+                if c.header_conditions and not _headers_fit(c.header_conditions, headers):
+                    continue
+                if c.methods is None or method in c.methods:
+                    return c
+                allow.append(c.methods)
         return None
 
 
@@ -295,6 +294,7 @@ class Router(Generic[T]):
         self._exact_hosts = {host: _Table(group) for host, group in by_host.items() if not host.startswith("*.")}
         # ".example.com" -> its table, so a request tries each parent domain of its host with one dict lookup.
         self._wildcards = {host[1:]: _Table(group) for host, group in by_host.items() if host.startswith("*.")}
+        self._wildcard_suffixes = tuple(self._wildcards)  # one `endswith` rules them all out for most hosts
 
     def match(self, method: str, host: str, path: str, headers: Headers) -> T:
         """The winning route's payload. `host`: lowercase, no port; `path`: normalised; names lowercase.
@@ -302,18 +302,17 @@ class Router(Generic[T]):
         Raises NotFound, or MethodNotAllowed with an `Allow` header.
         """
         allow: list[frozenset[str]] = []
-        segment = path.split("/", 2)[1]  # normalised paths start with "/"
         if self._exact_hosts:
             table = self._exact_hosts.get(host)
             if table is not None:
-                hit = table.find(method, path, segment, headers, allow)
+                hit = table.find(method, path, headers, allow)
                 if hit is not None:
                     return hit.payload
-        if self._wildcards:
-            hit = self._match_wildcards(method, host, path, segment, headers, allow)
+        if self._wildcard_suffixes and host.endswith(self._wildcard_suffixes):
+            hit = self._match_wildcards(method, host, path, headers, allow)
             if hit is not None:
                 return hit.payload
-        hit = self._any_host.find(method, path, segment, headers, allow)
+        hit = self._any_host.find(method, path, headers, allow)
         if hit is not None:
             return hit.payload
         if allow:
@@ -325,14 +324,14 @@ class Router(Generic[T]):
         raise NotFound()
 
     def _match_wildcards(
-        self, method: str, host: str, path: str, segment: str, headers: Headers, allow: list[frozenset[str]]
+        self, method: str, host: str, path: str, headers: Headers, allow: list[frozenset[str]]
     ) -> _Candidate[T] | None:
         # Try each parent domain of the host, longest first: `a.b.c` -> `.b.c`, `.c`.
         dot = host.find(".")
         while dot > 0:
             table = self._wildcards.get(host[dot:])
             if table is not None:
-                hit = table.find(method, path, segment, headers, allow)
+                hit = table.find(method, path, headers, allow)
                 if hit is not None:
                     return hit
             dot = host.find(".", dot + 1)

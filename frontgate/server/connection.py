@@ -294,7 +294,8 @@ class HttpConnection(asyncio.Protocol):
         for hook in hooks:
             hook(exchange.ctx, head)
         close = force_close or not exchange.keep_alive or not exchange.body_complete or self.draining
-        self.write(render_response(head.status, body, head.headers, content_type, close, exchange.head_only))
+        self.write(render_response(head.status, body, head.headers, content_type, close, self.gateway.date_line,
+                                   exchange.head_only))
         exchange.bytes_out = len(body)
         exchange.mark_local_reply_done(head.status)
         exchange.keep_alive = not close
@@ -343,7 +344,8 @@ class HttpConnection(asyncio.Protocol):
     def _answer_and_close(self, error: HttpError) -> None:
         """An error outside any exchange (the request never became one): answer it and close."""
         body = error_body(error, new_request_id())
-        self.write(render_response(error.status, body, list(error.headers), b"application/json", True))
+        self.write(render_response(error.status, body, list(error.headers), b"application/json", True,
+                                   self.gateway.date_line))
         self.close()
 
     def _after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:

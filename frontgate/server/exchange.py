@@ -308,6 +308,8 @@ class Exchange:
         conn = self.conn
         close = not self.keep_alive or conn.draining
         parts = [status_line(head.status)]
+        if not any(name == b"date" for name, _ in head.headers):
+            parts.append(conn.gateway.date_line)  # RFC 9110 §6.6.1: a forwarded response gets a Date
         for name, value in head.headers:
             parts.append(name + b": " + value + b"\r\n")
         no_body = self.head_only or status in _NO_BODY_STATUS

@@ -14,6 +14,7 @@ from frontgate.config.loader import load_config
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
 from frontgate.plugins import plugin_models
+from frontgate.protocol.http1 import date_line
 from frontgate.upstream.pool import PoolRegistry
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Gateway:
         self.protocol_errors = 0
         self.requests = 0
         self._servers: list[asyncio.Server] = []
+        self.date_line = date_line(time.time())
         self.access_log = AccessLog.from_config(runtime.config.observability.access_log)
 
     @classmethod
@@ -61,9 +63,16 @@ class Gateway:
         pools = PoolRegistry()
         return cls(config_paths, compile_runtime(loaded, pools, 1), pools, loop)
 
+    def _tick(self) -> None:
+        """Refresh the cached Date header once a second instead of formatting it per response."""
+        now = time.time()
+        self.date_line = date_line(now)
+        self.loop.call_at(self.loop.time() + 1.0 - (now % 1.0), self._tick)
+
     async def start(self, reuse_port: bool) -> None:
         from frontgate.server.connection import HttpConnection
 
+        self._tick()
         for listener in self.runtime.config.server.listen:
             sock = bind_socket(listener.address, reuse_port)
             scheme = "https" if listener.tls else "http"

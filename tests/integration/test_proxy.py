@@ -340,3 +340,11 @@ def test_stalled_request_body_gets_408_and_never_completes_upstream(tmp_path: Pa
             assert sink.requests == []
     finally:
         sink.close()
+
+
+def test_responses_carry_a_date_even_when_the_upstream_sent_none(gateway: RunningGateway) -> None:
+    from email.utils import parsedate_to_datetime
+
+    for response in (_get(gateway, "/orders"), _get(gateway, "/nowhere")):
+        sent = parsedate_to_datetime(response.headers["date"])
+        assert abs(sent.timestamp() - time.time()) < 5
