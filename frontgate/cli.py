@@ -89,14 +89,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from frontgate.config.compile import compile_runtime
-    from frontgate.upstream.pool import PoolRegistry
+    from frontgate.upstream.cluster import UpstreamRegistry
 
     try:
         loaded = _load(args.config)
     except ConfigError as error:
         _print_problems(error)
         return EXIT_INVALID
-    runtime = compile_runtime(loaded, PoolRegistry(), 0)
+    runtime = compile_runtime(loaded, UpstreamRegistry(), 0)
     console = Console()
     if args.method is None:
         table = Table("route", "match", "to", "plugins")
@@ -159,7 +159,7 @@ def _explain(console: object, runtime: object, method: str, url: str, header_arg
 def cmd_test(args: argparse.Namespace) -> int:
     from frontgate.config.compile import compile_runtime
     from frontgate.policy_tests import load_tests, run_tests
-    from frontgate.upstream.pool import PoolRegistry
+    from frontgate.upstream.cluster import UpstreamRegistry
 
     try:
         loaded = _load(args.config)
@@ -167,7 +167,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     except ConfigError as error:
         _print_problems(error)
         return EXIT_INVALID
-    outcomes = run_tests(compile_runtime(loaded, PoolRegistry(), 0), tests)
+    outcomes = run_tests(compile_runtime(loaded, UpstreamRegistry(), 0), tests)
     for outcome in outcomes:
         print(f"{'ok  ' if outcome.passed else 'FAIL'} {outcome.name}")
         for failure in outcome.failures:

@@ -23,8 +23,9 @@ from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
 from frontgate.routing.router import Router
 from frontgate.routing.split import UpstreamSplit, sticky_key_from
-from frontgate.upstream.cluster import UpstreamCluster
-from frontgate.upstream.pool import PoolKey, PoolRegistry
+from frontgate.upstream.cluster import UpstreamCluster, UpstreamRegistry
+from frontgate.upstream.pool import PoolKey
+from frontgate.upstream.retry import RetryPolicy
 
 RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
@@ -47,6 +48,7 @@ class CompiledRoute:
     log_hooks: tuple[LogHook, ...]
     timeout: float
     max_body_bytes: int
+    retry: RetryPolicy
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ def upstream_tls_context(config: Upstream) -> ssl.SSLContext | None:
     return context
 
 
-def compile_runtime(loaded: LoadedConfig, pools: PoolRegistry, generation: int) -> Runtime:
+def compile_runtime(loaded: LoadedConfig, pools: UpstreamRegistry, generation: int) -> Runtime:
     config = loaded.config
     clusters = {
         name: UpstreamCluster(name, upstream, pools, upstream_tls_context(upstream))
@@ -190,4 +192,5 @@ def _compile_route(
         log_hooks=tuple(p.on_log for p in reversed(plugins) if p.implements("on_log")),
         timeout=route.timeout or DEFAULT_ROUTE_TIMEOUT,
         max_body_bytes=max_body,
+        retry=RetryPolicy.from_config(route.retry),
     )

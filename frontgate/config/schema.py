@@ -141,17 +141,80 @@ class UpstreamTls(Model):
     verify: bool = True
 
 
+def _check_ratio(value: object) -> object:
+    """`50%` or 0.5."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return float(value.strip()[:-1]) / 100
+    return value
+
+
+Ratio = Annotated[float, BeforeValidator(_check_ratio), Field(ge=0, le=1)]
+
+
+class HealthCheck(Model):
+    path: str = Field("/healthz", description="GET this path on every target.")
+    interval: Duration = Field(5.0, gt=0)
+    timeout: Duration = Field(2.0, gt=0)
+    unhealthy_after: int = Field(3, ge=1, description="Failed probes in a row before a target is taken out.")
+    healthy_after: int = Field(2, ge=1, description="Good probes in a row before it is put back.")
+    expected_statuses: list[int] = Field(default_factory=lambda: list(range(200, 400)))
+    host: str | None = Field(None, description="Host header for probes; the target's own by default.")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _check_path(value)
+
+
+class Outlier(Model):
+    consecutive_failures: int = Field(5, ge=1)
+    eject_for: Duration = Field(30.0, gt=0, description="Base ejection time; it grows with each repeat.")
+    max_ejected: Ratio = Field(0.5, description="Never eject more than this share of the targets.")
+
+
+class CircuitBreaker(Model):
+    max_in_flight: int = Field(1000, ge=1, description="Beyond this, requests fail fast with 503.")
+    error_ratio: Ratio | None = Field(None, description="Open when this share of requests fail; off when unset.")
+    min_requests: int = Field(20, ge=1)
+    window: Duration = Field(10.0, gt=0)
+    open_for: Duration = Field(30.0, gt=0)
+
+
 class Upstream(Model):
     targets: list[Target | WeightedTarget] = Field(min_length=1)
-    balance: Literal["round_robin", "random", "least_request"] = "round_robin"
+    balance: Literal["round_robin", "random", "least_request", "hash"] = "round_robin"
+    hash_on: str | None = Field(None, description="For balance: hash — ip, header:NAME, cookie:NAME or jwt.CLAIM.")
+    health_check: HealthCheck | None = None
+    outlier: Outlier | None = Field(None, description="Passive ejection of failing targets; off when unset.")
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
     pool: Pool = Pool()
     tls: UpstreamTls | None = None
     protocol: Literal["http"] = "http"
     preserve_host: bool = Field(True, description="Forward the client's Host (false: the target's host).")
 
+    @model_validator(mode="after")
+    def _hash_needs_key(self) -> Upstream:
+        if self.balance == "hash":
+            _check_key_spec(self.hash_on or "", "hash_on")
+        elif self.hash_on is not None:
+            raise ValueError("hash_on is only used with balance: hash")
+        return self
+
     @property
     def weighted_targets(self) -> list[WeightedTarget]:
         return [t if isinstance(t, WeightedTarget) else WeightedTarget(url=t) for t in self.targets]
+
+
+def _check_key_spec(value: str, field: str) -> str:
+    """`ip`, `header:NAME`, `cookie:NAME` or `jwt.CLAIM`: where a request's cohort or hash key comes from."""
+    if value == "ip":
+        return value
+    kind, _, name = value.partition(":")
+    if kind in ("header", "cookie") and name:
+        return value
+    if value.startswith("jwt.") and len(value) > 4:
+        return value
+    raise ValueError(f"invalid {field} {value!r}: expected ip, header:NAME, cookie:NAME or jwt.CLAIM")
 
 
 # --- routes -------------------------------------------------------------------------------------------
@@ -240,6 +303,41 @@ class WeightedUpstream(Model):
     weight: int = Field(ge=0, le=1_000_000)
 
 
+RetryCondition = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) else v),
+]
+_RETRY_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error"})
+
+
+class Backoff(Model):
+    base: Duration = Field(0.025, gt=0, description="First retry waits up to this (full jitter).")
+    max: Duration = Field(0.25, gt=0, description="No retry waits longer than this.")
+
+
+class Retry(Model):
+    attempts: int = Field(2, ge=1, le=10, description="Total tries, the first included.")
+    retry_on: list[RetryCondition] = Field(
+        default_factory=lambda: ["connect-failure"],
+        description="connect-failure, reset, timeout, 5xx, gateway-error (502/503/504) or status codes.",
+    )
+    per_try_timeout: Duration | None = Field(None, gt=0, description="Each try's limit; the route timeout bounds all.")
+    budget: Ratio = Field(0.2, description="Retries at most this share of the requests in flight upstream.")
+    min_retry_concurrency: int = Field(3, ge=0, description="Retries always allowed in flight, whatever the budget.")
+    backoff: Backoff = Backoff()
+
+    @field_validator("retry_on")
+    @classmethod
+    def _conditions(cls, value: list[str]) -> list[str]:
+        for condition in value:
+            if condition not in _RETRY_WORDS and not (condition.isdigit() and 100 <= int(condition) <= 599):
+                raise ValueError(
+                    f"invalid retry_on {condition!r}: expected connect-failure, reset, timeout, 5xx, "
+                    "gateway-error or a status code"
+                )
+        return value
+
+
 class Route(Model):
     name: str = Field(min_length=1)
     match: Match
@@ -249,6 +347,7 @@ class Route(Model):
         description="Cohort key for weighted lists: ip, header:NAME, cookie:NAME or jwt.CLAIM.",
     )
     timeout: Duration | None = Field(None, gt=0, description="Whole request, retries included; 504 beyond.")
+    retry: Retry = Field(default_factory=Retry, description="Default: one more try on connect failures only.")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("to")
@@ -264,14 +363,7 @@ class Route(Model):
     @field_validator("sticky_on")
     @classmethod
     def _sticky(cls, value: str | None) -> str | None:
-        if value is None or value == "ip":
-            return value
-        kind, _, name = value.partition(":")
-        if kind in ("header", "cookie") and name:
-            return value
-        if value.startswith("jwt.") and len(value) > 4:
-            return value
-        raise ValueError(f"invalid sticky_on {value!r}: expected ip, header:NAME, cookie:NAME or jwt.CLAIM")
+        return None if value is None else _check_key_spec(value, "sticky_on")
 
     @property
     def split(self) -> list[WeightedUpstream]:

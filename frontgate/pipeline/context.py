@@ -132,5 +132,6 @@ class RequestSummary:
     bytes_in: int
     bytes_out: int
     duration: float  # seconds since the head was parsed
-    upstream: str | None  # the target URL, when one was chosen
+    upstream: str | None  # the target URL of the last try, when one was chosen
     completed: bool  # False when the response was cut or never sent
+    attempts: int = 0  # upstream tries; more than 1 means retries

@@ -163,6 +163,52 @@ def render_response(
     return b"".join(parts)
 
 
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+def forwarded_response_head(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    content_length: int | None,
+    date_line: bytes,
+    head_only: bool,
+    client_version: str,
+    close: bool,
+) -> tuple[bytes, bool, bool]:
+    """The head to write for an upstream's response, already stripped of hop-by-hop fields.
+
+    Returns (head bytes, chunked: re-chunk the body, close: close after the body). The body keeps the
+    upstream's Content-Length when it had one; otherwise HTTP/1.1 clients get it chunked and HTTP/1.0
+    clients learn its end from the connection closing.
+    """
+    parts = [status_line(status)]
+    if not any(name == b"date" for name, _ in headers):
+        parts.append(date_line)  # RFC 9110 §6.6.1: a forwarded response without Date gets one
+    for name, value in headers:
+        parts.append(name + b": " + value + b"\r\n")
+    chunked = False
+    if content_length is not None:
+        parts.append(b"content-length: %d\r\n" % content_length)
+    elif not (head_only or status in _NO_BODY_STATUS):
+        if client_version == "1.1":
+            chunked = True
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            close = True
+    if close:
+        parts.append(b"connection: close\r\n")
+    elif client_version == "1.0":
+        parts.append(b"connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), chunked, close
+
+
+def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop fields, those the Connection field names, and the framing we redo ourselves."""
+    named = {t for n, v in headers if n == b"connection" for t in header_tokens(v)}
+    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named and n != b"content-length"]
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 

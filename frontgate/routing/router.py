@@ -24,9 +24,11 @@ regexes are matched against the normalised path as they are.
 No candidate fits host, path and headers: 404. Some do but none takes the method: 405, with an `Allow`
 header listing every method those candidates take.
 
-Speed: everything is grouped at build time. A request costs a dict lookup per host bucket (exact host,
-each wildcard suffix of the host, any host), a dict lookup for exact paths, one `fullmatch` per regex, and
-a scan of the prefixes sharing the path's first segment (plus the `/` prefixes).
+Speed: everything is grouped at build time. A request costs a dict lookup for its exact host, one
+`endswith` to rule out every wildcard (a dict lookup per parent domain otherwise), and per host bucket a
+dict lookup for exact paths, then one lane for the path's first segment: the regexes whose literal head
+names that segment (plus those without one) and the prefixes below it (plus `/`). A 50-route table matches
+in about 1-3 µs.
 """
 
 from __future__ import annotations
@@ -336,6 +338,12 @@ class Router(Generic[T]):
                     return hit
             dot = host.find(".", dot + 1)
         return None
+
+    def __repr__(self) -> str:
+        return (
+            f"Router({len(self._by_route)} routes, {len(self._ordered)} candidates, "
+            f"{len(self._exact_hosts)} hosts, {len(self._wildcards)} wildcards)"
+        )
 
     def table(self) -> list[RouteRow]:
         """Every (route, host, path pattern) in precedence order, for `frontgate routes`."""

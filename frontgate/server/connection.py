@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("frontgate.connection")
 
 # Fields the gateway re-frames or answers itself: never forwarded as the client sent them.
-_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-request-deadline"}
 # A head is parsed from at most this many times the header limit of raw bytes before it is refused: it
 # bounds what httptools buffers for one huge header line.
 _HEAD_SLACK = 1024

@@ -1,8 +1,11 @@
-"""One request through the gateway: plugins, then the upstream, with bodies streamed both ways.
+"""One request through the gateway: plugins, then the upstream (with retries), bodies streamed both ways.
 
 The client connection feeds request events in (`request_body`, `request_complete`); the upstream
-connection feeds response events in (the `ResponseReceiver` methods). Only the part that waits (plugins,
+connection feeds response events in (the `ResponseReceiver` methods). Only what waits (plugins,
 connecting) runs as a coroutine; relaying bytes happens in callbacks, with no task per chunk.
+
+Timing: the route `timeout` bounds everything until the response head (504), retries included, and then
+each silence of the upstream while the body streams. `retry.per_try_timeout` bounds each try.
 """
 
 from __future__ import annotations
@@ -13,19 +16,20 @@ import time
 from typing import TYPE_CHECKING
 
 from frontgate.config.compile import CompiledRoute, Runtime
-from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge
+from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.protocol.http1 import (
     CONTINUE_100,
-    HOP_BY_HOP,
     LAST_CHUNK,
     RequestFraming,
     chunk,
-    header_tokens,
-    status_line,
+    forwarded_response_head,
+    strip_hop_by_hop,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
+from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
+from frontgate.upstream.retry import Failure, replay_safe
 
 if TYPE_CHECKING:
     from frontgate.server.connection import HttpConnection
@@ -34,18 +38,36 @@ log = logging.getLogger("frontgate.exchange")
 
 # Request body bytes held while the upstream connection is not ready yet; beyond this, stop reading.
 BODY_BUFFER_HIGH_WATER = 64 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
+# Request bodies up to this size are kept so a retry can send them again; larger ones are not retried
+# once any of their bytes went upstream.
+REPLAY_LIMIT = 64 * 1024
+
+
+class NoHealthyTarget(ServiceUnavailable):
+    code, message = "no_healthy_upstream", "No healthy upstream target is available."
+
+
+class CircuitOpen(ServiceUnavailable):
+    code, message = "circuit_open", "The upstream is overloaded or failing; try again later."
 
 
 class Exchange:
     __slots__ = (
+        "_backoff",
+        "_budget_held",
         "_chunked_out",
-        "_head",
+        "_cluster",
+        "_deadline",
         "_pending",
         "_pending_bytes",
-        "_retried",
+        "_replay",
+        "_replay_bytes",
+        "_stale_retried",
         "_task",
         "_timer",
+        "_try_timer",
+        "_tried",
+        "attempts",
         "body_bytes",
         "body_complete",
         "bytes_out",
@@ -103,9 +125,17 @@ class Exchange:
         self._chunked_out = False
         self.status = 0
         self.bytes_out = 0
-        self._head = b""
-        self._retried = False
+        self.attempts = 0
+        self._cluster: UpstreamCluster | None = None
+        self._tried: list[Target] = []
+        self._deadline = 0.0
+        self._replay: list[bytes] | None = None
+        self._replay_bytes = 0
+        self._stale_retried = False
+        self._budget_held = False
         self._timer: asyncio.TimerHandle | None = None
+        self._try_timer: asyncio.TimerHandle | None = None
+        self._backoff: asyncio.TimerHandle | None = None
         self.last_upstream_activity = 0.0
         self._task: asyncio.Task[None] | None = None
         self.cut = False  # the response was started and then cut off
@@ -127,11 +157,8 @@ class Exchange:
         if not self.observed:
             self.conn.gateway.observe(self)
         self.finished = True
-        self._cancel_timer()
-        if self.upstream is not None:
-            self.upstream.detach()
-            self.upstream = None
-        self._release_target()
+        self._drop_upstream()
+        self._end()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -163,6 +190,7 @@ class Exchange:
             duration=time.monotonic() - self.ctx.started,
             upstream=self.target_url,
             completed=self.finished and self.status != 0 and not self.cut,
+            attempts=self.attempts,
         )
 
     def gone(self) -> bool:
@@ -180,6 +208,7 @@ class Exchange:
             return
         upstream = self.upstream
         if upstream is not None and not self._pending:
+            self._keep_for_replay(data)
             upstream.write(chunk(data) if self.framing.chunked else data)
             return
         self._pending.append(data)
@@ -200,6 +229,8 @@ class Exchange:
     def _flush_pending(self, upstream: UpstreamConnection) -> None:
         if self._pending:
             chunked = self.framing.chunked
+            for data in self._pending:
+                self._keep_for_replay(data)
             upstream.write(b"".join(chunk(d) if chunked else d for d in self._pending))
             self._pending.clear()
             self._pending_bytes = 0
@@ -207,20 +238,57 @@ class Exchange:
         if self.body_complete and not self.upstream_body_done:
             self._end_upstream_body(upstream)
 
+    def _keep_for_replay(self, data: bytes) -> None:
+        if self._replay is not None:
+            self._replay_bytes += len(data)
+            if self._replay_bytes > REPLAY_LIMIT:
+                self._replay = None  # too big to resend: this request will not be retried after sending
+            else:
+                self._replay.append(data)
+
     # --- to the upstream --------------------------------------------------------------------------
 
     def _dispatch(self, route: CompiledRoute) -> None:
-        """Pick the target and send on a pooled connection, or connect first (the only await)."""
+        """Choose the upstream (cohort) once; then try targets until one answers or the policy says stop."""
         ctx = self.ctx
         key = route.sticky_key(ctx.headers, ctx.client_ip, ctx.claims) if route.sticky_key else None
         cluster = route.clusters[route.split.pick(key)]
-        target = cluster.pick()
+        self._cluster = cluster
+        cluster.state.budget.active_requests += 1
+        policy = route.retry
+        if policy.attempts > 1 and replay_safe(ctx.method, ctx.header(b"idempotency-key") is not None):
+            self._replay = []
+        loop = self.conn.loop
+        self._deadline = loop.time() + route.timeout
+        self._timer = loop.call_later(route.timeout, self._on_timer)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self._backoff = None
+        if self.finished:
+            return
+        route, cluster = self.route, self._cluster
+        assert route is not None and cluster is not None
+        ctx = self.ctx
+        hash_key = cluster.hash_key(ctx.headers, ctx.client_ip, ctx.claims) if cluster.hash_key else None
+        target = cluster.pick(hash_key, self._tried)
+        if target is None:
+            self.fail(NoHealthyTarget())
+            return
+        state = cluster.state
+        if not state.breaker.allow(state.in_flight) or not target.state.breaker.allow(target.pool.in_flight):
+            self.fail(CircuitOpen())
+            return
+        self.attempts += 1
         self.target = target
         self.target_url = target.url
+        self._tried.append(target)
         target.pool.in_flight += 1
-        self._head = self._upstream_head(cluster, target)
+        state.in_flight += 1
         loop = self.conn.loop
-        self._timer = loop.call_later(route.timeout, self._on_timer)
+        per_try = route.retry.per_try_timeout
+        if per_try is not None:
+            self._try_timer = loop.call_later(min(per_try, self._deadline - loop.time()), self._on_try_timeout)
         upstream = target.pool.take_idle()
         if upstream is not None:
             self._send(upstream)
@@ -230,44 +298,104 @@ class Exchange:
     async def _connect_and_send(self, target: Target) -> None:
         try:
             upstream = await target.pool.connect()
-        except HttpError as error:
-            self.fail(error)
+        except (UpstreamConnectError, UpstreamConnectTimeout) as error:
+            if not self.gone() and target is self.target:
+                self._try_failed(Failure.CONNECT, error)
             return
-        if self.gone():
+        if self.gone() or target is not self.target:
             target.pool.release(upstream, True)  # a healthy new connection: keep it for the next request
             return
         self._send(upstream)
 
     def _send(self, upstream: UpstreamConnection) -> None:
+        assert self.target is not None
         self.upstream = upstream
-        upstream.start(self, self._head, self.head_only)
+        self.upstream_body_done = not (self.framing.chunked or self.framing.content_length)
+        upstream.start(self, self._upstream_head(self.target), self.head_only)
+        if self._replay:
+            data = b"".join(self._replay)
+            upstream.write(chunk(data) if self.framing.chunked else data)
         self._flush_pending(upstream)
 
-    def _retry_safe(self, upstream_was_reused: bool) -> bool:
-        """A pooled connection the upstream had just closed: resend once on a fresh one, but only if no byte
-        of the body went out with it (nothing can have been acted on twice)."""
-        return upstream_was_reused and not self._retried and self.upstream_body_done and self.body_bytes == 0
-
-    def _upstream_head(self, cluster: UpstreamCluster, target: Target) -> bytes:
+    def _upstream_head(self, target: Target) -> bytes:
         ctx = self.ctx
+        cluster = self._cluster
+        assert cluster is not None
         target_bytes = ctx.upstream_path.encode("latin-1")
         if ctx.query:
             target_bytes += b"?" + ctx.query
-        parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: "]
         host = self.framing.host if cluster.preserve_host and self.framing.host else target.host_header
-        parts.append(host)
-        parts.append(b"\r\n")
+        remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
+        parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host,
+                 b"\r\nx-request-deadline: %d\r\n" % remaining_ms]
         for name, value in ctx.headers:
-            parts.append(name)
-            parts.append(b": ")
-            parts.append(value)
-            parts.append(b"\r\n")
+            parts.append(name + b": " + value + b"\r\n")
         if self.framing.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif self.framing.content_length is not None:
             parts.append(b"content-length: %d\r\n" % self.framing.content_length)
         parts.append(b"\r\n")
         return b"".join(parts)
+
+    # --- tries: outcomes and retries --------------------------------------------------------------
+
+    def _end_try(self, ok: bool) -> None:
+        """Account for the try that just ended: in-flight counts, breakers, outlier detection."""
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
+        if self._budget_held and self._cluster is not None:
+            self._cluster.state.budget.release()
+            self._budget_held = False
+        target, cluster = self.target, self._cluster
+        if target is None or cluster is None:
+            return
+        self.target = None
+        target.pool.in_flight -= 1
+        cluster.state.in_flight -= 1
+        target.state.requests += 1
+        if not ok:
+            target.state.failures += 1
+        target.state.breaker.record(ok)
+        cluster.state.breaker.record(ok)
+        if target.state.outlier is not None:
+            target.state.outlier.record(ok, cluster.may_eject)
+
+    def _try_failed(self, failure: Failure, error: HttpError) -> None:
+        self._end_try(ok=False)
+        if self._can_retry(failure):
+            self._schedule_retry()
+        else:
+            self.fail(error)
+
+    def _can_retry(self, failure: Failure) -> bool:
+        """Asks only; `_schedule_retry` takes the budget."""
+        route, cluster = self.route, self._cluster
+        if route is None or cluster is None or self.finished:
+            return False
+        policy = route.retry
+        if self.attempts >= policy.attempts or not policy.covers(failure):
+            return False
+        if self._deadline - self.conn.loop.time() <= 0:
+            return False
+        # A try that reached the upstream is resent only for a replay-safe request whose body is at hand.
+        if failure is not Failure.CONNECT and self._replay is None:
+            return False
+        return cluster.state.budget.has_room(policy.budget, policy.min_retry_concurrency)
+
+    def _schedule_retry(self) -> None:
+        route, cluster = self.route, self._cluster
+        assert route is not None and cluster is not None
+        cluster.state.budget.acquire()
+        self._budget_held = True
+        self._backoff = self.conn.loop.call_later(route.retry.backoff(self.attempts), self._attempt)
+
+    def _on_try_timeout(self) -> None:
+        self._try_timer = None
+        if self.finished or self.response_started:
+            return
+        self._drop_upstream()
+        self._try_failed(Failure.TIMEOUT, GatewayTimeout())
 
     def _on_timer(self) -> None:
         """One timer per request. Before the response head it is the route timeout (504); after it, it bounds
@@ -277,6 +405,8 @@ class Exchange:
         if self.finished:
             return
         if not self.response_started:
+            self._drop_upstream()
+            self._end_try(ok=False)
             self.fail(GatewayTimeout())
             return
         loop = self.conn.loop
@@ -294,40 +424,31 @@ class Exchange:
     ) -> None:
         if self.finished:
             return
+        route = self.route
+        assert route is not None
+        if status in route.retry.statuses and self._can_retry(Failure.STATUS):
+            self._drop_upstream()  # its body is not wanted; the connection cannot be reused unread
+            self._end_try(ok=False)
+            self._schedule_retry()
+            return
         self.response_started = True
         self.status = status
         self.last_upstream_activity = self.conn.loop.time()
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
 
-        named = {t for n, v in headers if n == b"connection" for t in header_tokens(v)}
-        kept = [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named and n != b"content-length"]
-        head = ResponseHead(status, kept)
-        assert self.route is not None
-        for hook in self.route.response_hooks:
+        head = ResponseHead(status, strip_hop_by_hop(headers))
+        for hook in route.response_hooks:
             hook(self.ctx, head)
-
         conn = self.conn
-        close = not self.keep_alive or conn.draining
-        parts = [status_line(head.status)]
-        if not any(name == b"date" for name, _ in head.headers):
-            parts.append(conn.gateway.date_line)  # RFC 9110 §6.6.1: a forwarded response gets a Date
-        for name, value in head.headers:
-            parts.append(name + b": " + value + b"\r\n")
-        no_body = self.head_only or status in _NO_BODY_STATUS
-        if content_length is not None and (not chunked):
-            parts.append(b"content-length: %d\r\n" % content_length)
-        elif not no_body:
-            if self.ctx.http_version == "1.1":
-                self._chunked_out = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                close = True  # an HTTP/1.0 client learns the end of the body from the close
+        data, self._chunked_out, close = forwarded_response_head(
+            head.status, head.headers, None if chunked else content_length, conn.gateway.date_line,
+            self.head_only, self.ctx.http_version, not self.keep_alive or conn.draining,
+        )
         if close:
             self.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        elif self.ctx.http_version == "1.0":
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        conn.write(b"".join(parts))
+        conn.write(data)
 
     def response_body(self, data: bytes) -> None:
         if self.finished:
@@ -341,12 +462,15 @@ class Exchange:
             return
         if self._chunked_out:
             self.conn.write(LAST_CHUNK)
-        upstream = self.upstream
+        upstream, target = self.upstream, self.target
         self.upstream = None
-        if upstream is not None and self.target is not None:
+        if upstream is not None and target is not None:
             # A connection whose request body was not fully sent cannot carry another request.
-            self.target.pool.release(upstream, reusable and self.upstream_body_done)
-        self._finish()
+            target.pool.release(upstream, reusable and self.upstream_body_done)
+        self._end_try(ok=self.status < 500)
+        self.finished = True
+        self._end()
+        self.conn.exchange_finished(self)
 
     def upstream_failed(self, error: HttpError, response_started: bool) -> None:
         if self.finished:
@@ -356,18 +480,18 @@ class Exchange:
         if response_started:
             # Mid-body: the client must see a truncated response and a closed connection, never a
             # complete-looking one.
-            self._release_target()
-            self.finished = True
-            self.cut = True
-            self._cancel_timer()
-            self.conn.abort_exchange(self)
+            self._end_try(ok=False)
+            self._cut()
             return
-        reused = upstream is not None and upstream.uses > 1
-        if isinstance(error, UpstreamReset) and self.target is not None and self._retry_safe(reused):
-            self._retried = True
+        if (isinstance(error, UpstreamReset) and upstream is not None and upstream.uses > 1
+                and not self._stale_retried and self.upstream_body_done and self.body_bytes == 0
+                and self.target is not None):
+            # A pooled connection the upstream had just closed, before any byte of ours could be acted on:
+            # resend once on a fresh connection. Not a retry: the request never reached the service.
+            self._stale_retried = True
             self._task = self.conn.loop.create_task(self._connect_and_send(self.target))
             return
-        self.fail(error)
+        self._try_failed(Failure.RESET if isinstance(error, UpstreamReset) else Failure.PROTOCOL, error)
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:
@@ -391,39 +515,43 @@ class Exchange:
         """End the exchange with a gateway error: a JSON reply if nothing was sent yet, else a cut."""
         if self.finished:
             return
-        if self.upstream is not None:
-            self.upstream.detach()
-            self.upstream = None
+        self._drop_upstream()
         if self.response_started:
-            self.finished = True
-            self.cut = True
-            self._cancel_timer()
-            self._release_target()
-            self.conn.abort_exchange(self)
+            self._end_try(ok=False)
+            self._cut()
             return
         self.conn.send_error(self, error)
 
-    def _finish(self) -> None:
+    def _cut(self) -> None:
         self.finished = True
-        self._cancel_timer()
-        self._release_target()
-        self.conn.exchange_finished(self)
+        self.cut = True
+        self._end()
+        self.conn.abort_exchange(self)
 
     def mark_local_reply_done(self, status: int) -> None:
         self.status = status
         self.finished = True
-        self._cancel_timer()
-        self._release_target()
+        self._end_try(ok=status < 500)
+        self._end()
         if self._task is not None and not self._task.done() and asyncio.current_task() is not self._task:
             self._task.cancel()
 
-    def _release_target(self) -> None:
-        target = self.target
-        if target is not None:
-            self.target = None
-            target.pool.in_flight -= 1
+    def _drop_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.detach()
+            self.upstream = None
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _end(self) -> None:
+        """Release everything the exchange holds: timers, the try, its share of the upstream's budget."""
+        for handle in (self._timer, self._try_timer, self._backoff):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._try_timer = self._backoff = None
+        if self.target is not None:
+            self._end_try(ok=False)
+        if self._budget_held and self._cluster is not None:
+            self._cluster.state.budget.release()
+            self._budget_held = False
+        if self._cluster is not None:
+            self._cluster.state.budget.active_requests -= 1
+            self._cluster = None

@@ -15,7 +15,7 @@ from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
-from frontgate.upstream.pool import PoolRegistry
+from frontgate.upstream.cluster import UpstreamRegistry
 
 if TYPE_CHECKING:
     from frontgate.server.connection import HttpConnection
@@ -39,7 +39,7 @@ def bind_socket(address: str, reuse_port: bool) -> socket.socket:
 
 
 class Gateway:
-    def __init__(self, config_paths: Sequence[str], runtime: Runtime, pools: PoolRegistry,
+    def __init__(self, config_paths: Sequence[str], runtime: Runtime, pools: UpstreamRegistry,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.config_paths = list(config_paths)
         self.runtime = runtime
@@ -60,7 +60,7 @@ class Gateway:
     @classmethod
     def from_files(cls, config_paths: Sequence[str], loop: asyncio.AbstractEventLoop) -> Gateway:
         loaded = load_config(list(config_paths), plugin_models=plugin_models())
-        pools = PoolRegistry()
+        pools = UpstreamRegistry()
         return cls(config_paths, compile_runtime(loaded, pools, 1), pools, loop)
 
     def _tick(self) -> None:

@@ -95,30 +95,3 @@ class TargetPool:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
-
-
-class PoolRegistry:
-    """Hands out the pool for a target, reusing the one a previous config generation built."""
-
-    def __init__(self) -> None:
-        self._pools: dict[PoolKey, TargetPool] = {}
-
-    def get(self, key: PoolKey) -> TargetPool:
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = TargetPool(key)
-        return pool
-
-    def retain_only(self, keys: set[PoolKey]) -> None:
-        """After a reload: close pools no generation uses any more (their busy connections finish)."""
-        for key in list(self._pools):
-            if key not in keys:
-                self._pools.pop(key).close()
-
-    def close_all(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._pools.values())

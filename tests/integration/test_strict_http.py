@@ -267,7 +267,8 @@ FOLLOW_UP = b"GET /pipelined-after-refusal HTTP/1.1\r\nHost: gw.test\r\n\r\n"
 
 def strict_gateway_config(upstream_url: str) -> dict[str, Any]:
     routes = [
-        {"name": "small-body", "match": {"paths": ["/small"]}, "to": "app", "plugins": {"body_limit": ROUTE_BODY_LIMIT}},
+        {"name": "small-body", "match": {"paths": ["/small"]}, "to": "app",
+         "plugins": {"body_limit": ROUTE_BODY_LIMIT}},
         {"name": "declared-host", "match": {"hosts": [DECLARED_HOST], "paths": ["/"]}, "to": "app"},
         {"name": "everything", "match": {"paths": ["/"]}, "to": "app"},
     ]

@@ -410,6 +410,10 @@ def test_explain_shows_the_host_condition_of_the_winner() -> None:
     assert lines["partners"] == "MATCH: host partners.example.com, prefix /"
 
 
+def test_repr_shows_the_size_of_the_compiled_table() -> None:
+    assert repr(spec_router()) == "Router(5 routes, 5 candidates, 1 hosts, 0 wildcards)"
+
+
 def test_table_rows_come_in_precedence_order_one_per_host_and_pattern() -> None:
     router = build(
         ("orders", {"paths": ["/orders"], "methods": ["GET", "POST"]}),
@@ -506,7 +510,7 @@ requests = st.tuples(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(st.lists(match_specs, min_size=1, max_size=6), st.lists(requests, min_size=1, max_size=8))
 def test_router_agrees_with_the_plain_rules_and_explain_names_the_same_winner(
     specs: list[dict[str, Any]], reqs: list[tuple[str, str, str, Headers]]
