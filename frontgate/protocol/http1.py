@@ -8,9 +8,9 @@ invalid header names. `inspect_request_head` adds what llhttp leaves to the appl
 from __future__ import annotations
 
 import json
-from email.utils import formatdate
 import re
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
 
 from frontgate.errors import BadRequest, HttpError, NotImplementedByGateway

@@ -19,7 +19,7 @@ from typing import Protocol
 MICROS = 1_000_000
 
 
-class StoreUnavailable(Exception):  # noqa: N818 - reads as a state, like TimeoutError
+class StoreUnavailable(Exception):
     """The store could not decide within `store.timeout` (down, frozen, refused, or reconnecting)."""
 
 
