@@ -88,7 +88,7 @@ def bearer_values(ctx: RequestContext, header: bytes) -> list[str]:
 
 
 def single_credential(found: list[str]) -> str | None:
-    """The one credential sent, None when none; sending two different ones is refused (which would count?)."""
+    """The one credential sent, None when none; two different ones in one request are refused."""
     if not found:
         return None
     first = found[0]

