@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from frontgate.server.gateway import Gateway, bind_socket
+from frontgate.upstream.cluster import Target, UpstreamCluster
 
 _MAX_HEAD = 8192
 
@@ -81,15 +82,37 @@ class AdminServer:
             "reloads": {"ok": gateway.reloads_ok, "failed": gateway.reloads_failed,
                         "last_error": gateway.last_reload_error},
             "routes": [r.name for r in runtime.routes],
-            "upstreams": {
-                name: {
-                    "balance": cluster.config.balance,
-                    "targets": [
-                        {"url": t.url, "weight": t.weight, "in_flight": t.pool.in_flight,
-                         "idle_connections": t.pool.idle_count}
-                        for t in cluster.targets
-                    ],
-                }
-                for name, cluster in runtime.clusters.items()
-            },
+            "upstreams": {name: _upstream_status(cluster) for name, cluster in runtime.clusters.items()},
         }
+
+
+def _upstream_status(cluster: UpstreamCluster) -> dict[str, Any]:
+    state = cluster.state
+    return {
+        "balance": cluster.config.balance,
+        "in_flight": state.in_flight,
+        "breaker": state.breaker.state.value,
+        "breaker_rejections": state.breaker.rejections,
+        "retries": state.budget.retries,
+        "retry_budget_exhausted": state.budget.exhausted,
+        "targets": [_target_status(t) for t in cluster.targets],
+    }
+
+
+def _target_status(target: Target) -> dict[str, Any]:
+    state = target.state
+    outlier = state.outlier
+    return {
+        "url": target.url,
+        "weight": target.weight,
+        "available": state.available(),
+        "healthy": state.healthy,
+        "ejected": bool(outlier and outlier.ejected()),
+        "ejections": outlier.ejections if outlier else 0,
+        "breaker": state.breaker.state.value,
+        "breaker_rejections": state.breaker.rejections,
+        "in_flight": target.pool.in_flight,
+        "idle_connections": target.pool.idle_count,
+        "requests": state.requests,
+        "failures": state.failures,
+    }

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, Upstream
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
@@ -187,7 +188,7 @@ def _compile_route(
         sticky_key=sticky_key_from(route.sticky_on) if len(split) > 1 else None,
         clusters={w.upstream: clusters[w.upstream] for w in split},
         plugins=tuple(plugins),
-        request_hooks=tuple(p.on_request for p in plugins if p.implements("on_request")),
+        request_hooks=compose_request_hooks(plugins, route, build),
         response_hooks=tuple(p.on_response for p in reversed(plugins) if p.implements("on_response")),
         log_hooks=tuple(p.on_log for p in reversed(plugins) if p.implements("on_log")),
         timeout=route.timeout or DEFAULT_ROUTE_TIMEOUT,

@@ -30,6 +30,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
+from frontgate.auth.checks import auth_problems
 from frontgate.config.envsubst import ColumnMap, substitute
 from frontgate.config.locations import (
     Loc,
@@ -371,6 +372,7 @@ def _cross_references(config: GatewayConfig, root: Node) -> list[ConfigProblem]:
     return [
         *_duplicate_routes(config, root),
         *_listener_clashes(config, root),
+        *(_problem_at(root, segments, message) for segments, message in auth_problems(config)),
     ]
 
 

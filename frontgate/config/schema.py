@@ -349,6 +349,11 @@ class Route(Model):
     timeout: Duration | None = Field(None, gt=0, description="Whole request, retries included; 504 beyond.")
     retry: Retry = Field(default_factory=Retry, description="Default: one more try on connect failures only.")
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    auth_any: list[str] = Field(
+        default_factory=list,
+        description="Auth plugins of this route tried in this order; the first that succeeds wins "
+        "(default: every auth plugin must pass).",
+    )
 
     @field_validator("to")
     @classmethod
@@ -384,6 +389,52 @@ class Observability(Model):
     access_log: AccessLog | Literal[False] = Field(default_factory=AccessLog)
 
 
+_API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _check_key_hash(value: Any) -> Any:
+    if isinstance(value, str) and not _API_KEY_HASH.match(value.lower()):
+        raise ValueError("an API key is stored as its hash, 'sha256:<64 hex digits>' (`frontgate hash-key` "
+                         "prints it); never the key itself")
+    return value.lower() if isinstance(value, str) else value
+
+
+class Consumer(Model):
+    name: str = Field(min_length=1, description="Forwarded upstream as X-Consumer; used by allow and limits.")
+    groups: list[str] = Field(default_factory=list)
+    api_keys: list[Annotated[str, BeforeValidator(_check_key_hash)]] = Field(
+        default_factory=list, description="sha256: hashes of this consumer's API keys."
+    )
+    mtls_subjects: list[str] = Field(default_factory=list, description="Client certificate subjects, e.g. CN=x.")
+
+
+_STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
+
+
+class Store(Model):
+    """Shared state across replicas (rate limits now). See docs/rate-limiting.md."""
+
+    redis: str | None = Field(
+        None,
+        description="redis://[[user]:pass@]host:port/db, rediss:// (TLS), unix:///path, "
+        "redis+sentinel://host:port[,host:port]/MASTER[/db] or redis+cluster://host:port[,host:port]; "
+        "absent: in-process memory, right for a single instance.",
+    )
+    timeout: Duration = Field(0.02, gt=0, le=10, description="Bound on one whole store decision, retries included.")
+    on_failure: Literal["open", "closed"] = Field(
+        "open", description="Store down or slow: open serves without the limit, closed answers 503."
+    )
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        scheme, sep, rest = (value or "").partition("://")
+        if value is not None and (not sep or not rest or scheme.lower() not in _STORE_SCHEMES):
+            schemes = ", ".join(s + "://" for s in _STORE_SCHEMES)
+            raise ValueError(f"invalid store URL {value!r}: expected one of {schemes}")
+        return value
+
+
 class GatewayConfig(Model):
     version: Literal[1]
     server: Server = Server()
@@ -392,3 +443,5 @@ class GatewayConfig(Model):
     upstreams: dict[str, Upstream] = Field(default_factory=dict)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Applied to every route.")
     routes: list[Route] = Field(default_factory=list)
+    store: Store | None = Field(None, description="Shared state (rate limits); absent: in-process memory.")
+    consumers: list[Consumer] = Field(default_factory=list, description="Who is calling (see the auth plugins).")

@@ -273,7 +273,8 @@ class Exchange:
         hash_key = cluster.hash_key(ctx.headers, ctx.client_ip, ctx.claims) if cluster.hash_key else None
         target = cluster.pick(hash_key, self._tried)
         if target is None:
-            self.fail(NoHealthyTarget())
+            tripped = any(not t.state.breaker.admits() for t in cluster.targets)
+            self.fail(CircuitOpen() if tripped else NoHealthyTarget())
             return
         state = cluster.state
         if not state.breaker.allow(state.in_flight) or not target.state.breaker.allow(target.pool.in_flight):

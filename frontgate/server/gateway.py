@@ -16,6 +16,7 @@ from frontgate.observability.access_log import AccessLog
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
 from frontgate.upstream.cluster import UpstreamRegistry
+from frontgate.upstream.health import HealthChecker
 
 if TYPE_CHECKING:
     from frontgate.server.connection import HttpConnection
@@ -56,6 +57,7 @@ class Gateway:
         self._servers: list[asyncio.Server] = []
         self.date_line = date_line(time.time())
         self.access_log = AccessLog.from_config(runtime.config.observability.access_log)
+        self.health = HealthChecker(list(runtime.clusters.values()))
 
     @classmethod
     def from_files(cls, config_paths: Sequence[str], loop: asyncio.AbstractEventLoop) -> Gateway:
@@ -88,6 +90,7 @@ class Gateway:
             self._servers.append(server)
         for plugin in self.runtime.plugins():
             await plugin.startup()
+        self.health.start()
 
     # --- reload -----------------------------------------------------------------------------------
 
@@ -110,6 +113,9 @@ class Gateway:
             return False
         old = self.runtime
         self.runtime = runtime
+        self.health.stop()  # health state lives on in the registry; the new generation probes from here
+        self.health = HealthChecker(list(runtime.clusters.values()))
+        self.health.start()
         self.reloads_ok += 1
         self.last_reload_error = None
         log.info("reloaded: generation %d, %d routes", runtime.generation, len(runtime.routes))
@@ -137,6 +143,7 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        self.health.stop()
         self.pools.close_all()
         for plugin in self.runtime.plugins():
             await plugin.shutdown()
