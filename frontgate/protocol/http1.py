@@ -92,6 +92,9 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
     if transfer_encodings:
         if http_version == "1.0":
             raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request.")
+        if transfer_encodings[-1] != b"chunked":
+            # RFC 9112 §6.1: without chunked last, the body's length cannot be known: 400 and close.
+            raise BadRequest("Transfer-Encoding must end with chunked.")
         if transfer_encodings != [b"chunked"]:
             raise NotImplementedByGateway("Only the chunked transfer coding is supported.")
         chunked = True

@@ -216,6 +216,8 @@ class HttpConnection(asyncio.Protocol):
         runtime = self.gateway.runtime
 
         raw_target = self._url
+        if b"#" in raw_target:
+            raise BadRequest("A request target cannot carry a fragment.")  # RFC 9112 §3.2
         if raw_target.startswith(b"/"):
             raw_path, query = split_target(raw_target)
         elif raw_target.startswith((b"http://", b"https://")):
@@ -330,10 +332,17 @@ class HttpConnection(asyncio.Protocol):
     def _protocol_error(self, error: HttpError) -> None:
         """A request that cannot be parsed: answer it (after any request still being answered) and close."""
         self.pause_reading_for("error")
-        if self._parsing is not None and self._parsing is not self._active:
-            self._queue = deque(e for e in self._queue if e is not self._parsing)
+        parsing, active = self._parsing, self._active
         self._parsing = None
-        if self._active is not None:
+        if parsing is not None and parsing is active and not active.finished:
+            # The broken bytes are this request's own body: it can never be complete. The upstream (which
+            # saw at most an unfinished body) is cut off; the client gets the error, then the close.
+            active.fail(error)
+            self.close()
+            return
+        if parsing is not None:
+            self._queue = deque(e for e in self._queue if e is not parsing)
+        if active is not None:
             self._deferred_error = error
             return
         if not error.close_connection:
