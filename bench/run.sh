@@ -52,7 +52,7 @@ if [[ -z $PY ]]; then
 fi
 [[ -x $BENCH_NGINX ]] || die "nginx not found at $BENCH_NGINX (apt-get install -y nginx-light)"
 command -v "$BENCH_WRK" >/dev/null || die "wrk not found (apt-get install -y wrk)"
-for tool in taskset setsid timeout; do command -v $tool >/dev/null || die "$tool not found (util-linux/coreutils)"; done
+for tool in taskset setsid timeout flock; do command -v $tool >/dev/null || die "$tool not found (util-linux/coreutils)"; done
 
 NPROC=$(nproc)
 if ((NPROC < 2)); then
@@ -62,8 +62,15 @@ fi
 ALL_CPUS="0-$((NPROC - 1))"
 
 # --- state and cleanup ---------------------------------------------------------------------------------
-TS=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS="$ROOT/bench/results"
+mkdir -p "$RESULTS"
+# One run at a time on this machine: two runs would fight over the same pinned cores.
+exec 9>"$RESULTS/.lock"
+if ! flock -n 9; then
+    note "another benchmark run holds $RESULTS/.lock; waiting for it (up to 15 min)"
+    flock -w 900 9 || die "gave up waiting for the other benchmark run"
+fi
+TS=$(date -u +%Y%m%dT%H%M%SZ)
 [[ -e $RESULTS/$TS ]] && TS="$TS-$$"   # two runs started in the same second
 RUN_DIR="$RESULTS/$TS"
 mkdir -p "$RUN_DIR/wrk" "$RUN_DIR/logs"
@@ -105,7 +112,7 @@ LAST_PID=
 start_bg() {   # LOGFILE CMD...   start CMD in its own session, remember it
     local log=$1
     shift
-    setsid "$@" >"$log" 2>&1 </dev/null &
+    setsid "$@" >"$log" 2>&1 </dev/null 9>&- &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -345,7 +352,7 @@ wrk_run() {   # PORT SCENARIO SECONDS OUTFILE PGID
     # foreground child runs, and drops SIGINT when that child exits normally, as wrk does on SIGINT).
     timeout -k 5 $(($3 + 30)) taskset -c "$BENCH_LOAD_CPUS" "$BENCH_WRK" -t"$BENCH_THREADS" \
         -c"$BENCH_CONNECTIONS" -d"$3s" --latency ${BENCH_HEADER:+-H "$BENCH_HEADER"} \
-        "http://127.0.0.1:$1/$2" >"$4" 2>&1 </dev/null &
+        "http://127.0.0.1:$1/$2" >"$4" 2>&1 </dev/null 9>&- &
     WRK_PID=$!
     wait "$WRK_PID" || rc=$?
     WRK_PID=

@@ -32,7 +32,7 @@ from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import ConfigError, ConfigProblem, HttpError
 from frontgate.pipeline.context import RequestContext
 from frontgate.routing.normalize import normalize_path, split_target
-from frontgate.server.forwarding import client_address, forwarding_headers
+from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
 
 
 class _Model(BaseModel):
@@ -117,10 +117,12 @@ async def _run_one(runtime: Runtime, test: PolicyTest) -> Outcome:
     ctx: RequestContext | None = None
     try:
         path = normalize_path(raw_path)
-        xff = next((v for k, v in headers if k == b"x-forwarded-for"), None)
-        client_ip = client_address(request.client_ip, xff, runtime.is_trusted)
-        forwarded = forwarding_headers(headers, request.client_ip, "http", host_header.encode(),
-                                       runtime.is_trusted(request.client_ip))
+        client_fields = [(k, v) for k, v in headers if k in FORWARDING_FIELDS]
+        forwarded = [(k, v) for k, v in headers if k not in FORWARDING_FIELDS]
+        trusted = runtime.is_trusted(request.client_ip)
+        client_ip = client_address(request.client_ip, client_fields, runtime.is_trusted)
+        add_forwarding_headers(forwarded, client_fields if trusted else (), request.client_ip, "http",
+                               host_header.encode())
         ctx = RequestContext(method, path, parts.query.encode(), forwarded, host, client_ip, request.client_ip,
                              "http", "1.1")
         route = runtime.router.match(method, host, path, forwarded)

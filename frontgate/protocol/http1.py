@@ -73,7 +73,10 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
             host_count += 1
             host = value
         elif name == b"content-length":
-            content_length = int(value)  # llhttp already refused anything but one run of digits
+            # llhttp refuses all but one run of digits; checked again so no other caller can pass `+3`.
+            if not value.isdigit():
+                raise BadRequest("The Content-Length header is malformed.")
+            content_length = int(value)
         elif name == b"transfer-encoding":
             transfer_encodings.extend(header_tokens(value))
         elif name == b"connection":
@@ -103,7 +106,8 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
         raise HttpError417()
 
     tokens = frozenset(connection)
-    keep_alive = b"close" not in tokens if http_version == "1.1" else b"keep-alive" in tokens
+    # RFC 9112 §9.3: `close` wins in any version; HTTP/1.0 keeps alive only when asked to.
+    keep_alive = b"close" not in tokens and (http_version == "1.1" or b"keep-alive" in tokens)
     return RequestFraming(
         content_length=content_length,
         chunked=chunked,
@@ -157,7 +161,8 @@ def render_response(
         parts.append(name + b": " + value + b"\r\n")
     if content_type is not None and body:
         parts.append(b"content-type: " + content_type + b"\r\n")
-    parts.append(b"content-length: %d\r\n" % len(body))
+    if status >= 200 and status != 204:  # RFC 9110 §8.6: never a Content-Length on 1xx or 204
+        parts.append(b"content-length: %d\r\n" % len(body))
     if close:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")

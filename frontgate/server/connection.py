@@ -34,15 +34,23 @@ from frontgate.protocol.http1 import (
 )
 from frontgate.routing.normalize import normalize_path, parse_absolute_form, split_target
 from frontgate.server.exchange import Exchange
-from frontgate.server.forwarding import client_address, forwarding_headers
+from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
 
 if TYPE_CHECKING:
     from frontgate.server.gateway import Gateway
 
 log = logging.getLogger("frontgate.connection")
 
-# Fields the gateway re-frames or answers itself: never forwarded as the client sent them.
-_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-request-deadline"}
+# How each request field is sorted as it is parsed (one pass, no second loop over the headers):
+# framing fields are inspected (and re-made by the gateway), forwarding fields are believed only from
+# trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded.
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+_DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
+_NEVER = float("inf")
+_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
+
+# What the connection waits for from the client, each with its own deadline (server.timeouts).
+WAIT_NOTHING, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
 # A head is parsed from at most this many times the header limit of raw bytes before it is refused: it
 # bounds what httptools buffers for one huge header line.
 _HEAD_SLACK = 1024
@@ -62,6 +70,9 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._framing_fields: list[tuple[bytes, bytes]] = []
+        self._forwarding_fields: list[tuple[bytes, bytes]] = []
+        self._header_count = 0
         self._head_bytes = 0
         self._error: HttpError | None = None
         # Exchanges: the one receiving body events, the one being answered, and those waiting their turn.
@@ -70,10 +81,16 @@ class HttpConnection(asyncio.Protocol):
         self._queue: deque[Exchange] = deque()
         self._deferred_error: HttpError | None = None
         self._paused_for: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        # Deadlines are plain timestamps checked by the gateway's sweeper: no timer per request.
+        self.waiting = WAIT_NOTHING
+        self.wait_deadline = _NEVER
         self._closing = False
-        self._last_body = 0.0
         self.requests = 0
+
+    @property
+    def active(self) -> Exchange | None:
+        """The exchange being answered now."""
+        return self._active
 
     @property
     def draining(self) -> bool:
@@ -90,11 +107,11 @@ class HttpConnection(asyncio.Protocol):
             transport.abort()
             return
         gateway.connections.add(self)
-        self._set_timer(self._timeouts.read_header, self._on_head_timeout)
+        self._wait(WAIT_HEAD, self._timeouts.read_header)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self.waiting = WAIT_NOTHING
         self.gateway.connections.discard(self)
         for exchange in (self._active, self._parsing, *self._queue):
             if exchange is not None and not exchange.finished:
@@ -105,8 +122,6 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if not self._in_head and self._active is None and self._timer is not None:
-            self._cancel_timer()  # the idle keep-alive wait is over
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -143,9 +158,12 @@ class HttpConnection(asyncio.Protocol):
         self._in_head = True
         self._url = b""
         self._headers = []
+        self._framing_fields = []
+        self._forwarding_fields = []
+        self._header_count = 0
         self._head_bytes = 0
-        if self._timer is None:
-            self._set_timer(self._timeouts.read_header, self._on_head_timeout)
+        if self.waiting != WAIT_HEAD:
+            self._wait(WAIT_HEAD, self._timeouts.read_header)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -155,17 +173,20 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # chunked trailers: accepted, never forwarded
-        headers = self._headers
-        headers.append((name.lower(), value))
+        self._header_count += 1
         self._head_bytes += len(name) + len(value) + 4
-        if len(headers) > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
+        if self._header_count > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
             self._raise(HeadersTooLarge())
-        if b"\x00" in value:
-            self._raise(BadRequest())
+        name = name.lower()
+        if name in _FRAMING_FIELDS:
+            self._framing_fields.append((name, value))
+        elif name in FORWARDING_FIELDS:
+            self._forwarding_fields.append((name, value))
+        elif name not in _DROPPED:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_timer()
         self.requests += 1
         try:
             exchange = self._new_exchange()
@@ -174,9 +195,10 @@ class HttpConnection(asyncio.Protocol):
                 self._raise(error)
             raise
         self._parsing = exchange
-        if not exchange.body_complete:
-            self._last_body = self.loop.time()
-            self._set_timer(self._timeouts.read_body, self._on_body_timeout)
+        if exchange.body_complete:
+            self.waiting = WAIT_NOTHING
+        else:
+            self._wait(WAIT_BODY, self._timeouts.read_body)
         if self._active is None:
             self._active = exchange
             exchange.start()
@@ -186,14 +208,15 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._parsing is not None:
-            self._last_body = self.loop.time()
+            self.wait_deadline = self.loop.time() + self._timeouts.read_body  # the body is still coming
             self._parsing.request_body(body)
 
     def on_message_complete(self) -> None:
         exchange = self._parsing
         self._parsing = None
-        if exchange is not None and not exchange.body_complete:
-            self._cancel_timer()  # the body read timer
+        if self.waiting == WAIT_BODY:
+            self.waiting = WAIT_NOTHING
+            self.wait_deadline = _NEVER
         if exchange is not None:
             exchange.request_complete()
 
@@ -212,7 +235,7 @@ class HttpConnection(asyncio.Protocol):
             raise BadRequest("Unsupported HTTP version.")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported.")
-        framing = inspect_request_head(self._headers, version)
+        framing = inspect_request_head(self._framing_fields, version)
         runtime = self.gateway.runtime
 
         raw_target = self._url
@@ -232,18 +255,17 @@ class HttpConnection(asyncio.Protocol):
         path = normalize_path(raw_path)
         host = host_without_port(framing.host) if framing.host else ""
 
-        trusted = runtime.is_trusted(self.peer_ip)
-        xff: bytes | None = None
-        named = framing.connection_tokens
-        headers = []
-        for name, value in self._headers:
-            if name in _NOT_FORWARDED or name in named:
-                continue
-            if name == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
-            headers.append((name, value))
-        client_ip = client_address(self.peer_ip, xff, runtime.is_trusted)
-        headers = forwarding_headers(headers, self.peer_ip, self.scheme, framing.host, trusted)
+        headers = self._headers
+        named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
+        if named:  # `Connection: x-foo` makes x-foo hop-by-hop too
+            headers = [(n, v) for n, v in headers if n not in named]
+        client_fields = self._forwarding_fields
+        client_ip = self.peer_ip
+        trusted = False
+        if client_fields:
+            trusted = runtime.is_trusted(self.peer_ip)
+            client_ip = client_address(self.peer_ip, client_fields, runtime.is_trusted)
+        add_forwarding_headers(headers, client_fields if trusted else (), self.peer_ip, self.scheme, framing.host)
         ctx = RequestContext(method, path, query, headers, host, client_ip, self.peer_ip, self.scheme, version)
 
         try:
@@ -322,7 +344,7 @@ class HttpConnection(asyncio.Protocol):
                 self.resume_reading_for("pipeline")
             nxt.start()
         else:
-            self._set_timer(self._timeouts.idle, self.close)
+            self._wait(WAIT_IDLE, self._timeouts.idle)
 
     def abort_exchange(self, exchange: Exchange) -> None:
         """The response cannot be completed: flush what was sent and close, so the client sees it cut."""
@@ -369,40 +391,36 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self._closing:
             self._closing = True
-            self._cancel_timer()
+            self.waiting = WAIT_NOTHING
             if self.transport is not None:
                 self.transport.close()
 
-    # --- timers -----------------------------------------------------------------------------------
+    # --- deadlines -------------------------------------------------------------------------------
 
-    def _set_timer(self, delay: float, callback: object) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(delay, callback)  # type: ignore[arg-type]
+    def _wait(self, what: int, seconds: float) -> None:
+        self.waiting = what
+        self.wait_deadline = self.loop.time() + seconds
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_body_timeout(self) -> None:
-        """Checked lazily: each body chunk only stamps the time, it does not reschedule a timer."""
-        self._timer = None
-        exchange = self._parsing
-        if exchange is None or exchange.finished:
-            return
-        silence = self.loop.time() - self._last_body
-        if silence < self._timeouts.read_body:
-            self._set_timer(self._timeouts.read_body - silence, self._on_body_timeout)
-        elif exchange is self._active:
-            exchange.fail(RequestTimeout("The request body was not received in time."))
-        else:
-            self.close()
-
-    def _on_head_timeout(self) -> None:
-        self._timer = None
-        if self._in_head and self._active is None:
-            self._answer_and_close(RequestTimeout())
-        self.close()
+    def check_deadlines(self, now: float) -> None:
+        """Called by the gateway's sweeper when a deadline of this connection or its exchange passed."""
+        if self.waiting and self.wait_deadline <= now:
+            waiting = self.waiting
+            self.waiting = WAIT_NOTHING
+            self.wait_deadline = _NEVER
+            if waiting == WAIT_HEAD:
+                if self._in_head and self._active is None:
+                    self._answer_and_close(RequestTimeout())  # half a head: say why before closing
+                self.close()
+            elif waiting == WAIT_IDLE:
+                self.close()
+            else:
+                exchange = self._parsing
+                if exchange is not None and exchange is self._active and not exchange.finished:
+                    exchange.fail(RequestTimeout("The request body was not received in time."))
+                self.close()
+        exchange = self._active
+        if exchange is not None and exchange.deadline <= now:
+            exchange.check_deadline(now)
 
     def drain(self) -> None:
         """Shutdown started: idle connections close now, busy ones after their current response."""

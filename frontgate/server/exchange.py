@@ -41,6 +41,7 @@ BODY_BUFFER_HIGH_WATER = 64 * 1024
 # Request bodies up to this size are kept so a retry can send them again; larger ones are not retried
 # once any of their bytes went upstream.
 REPLAY_LIMIT = 64 * 1024
+_NEVER = float("inf")
 
 
 class NoHealthyTarget(ServiceUnavailable):
@@ -64,7 +65,6 @@ class Exchange:
         "_replay_bytes",
         "_stale_retried",
         "_task",
-        "_timer",
         "_tried",
         "_try_timer",
         "attempts",
@@ -74,6 +74,7 @@ class Exchange:
         "conn",
         "ctx",
         "cut",
+        "deadline",
         "error",
         "finished",
         "framing",
@@ -133,7 +134,7 @@ class Exchange:
         self._replay_bytes = 0
         self._stale_retried = False
         self._budget_held = False
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = _NEVER  # checked by the gateway's sweeper (see check_deadline)
         self._try_timer: asyncio.TimerHandle | None = None
         self._backoff: asyncio.TimerHandle | None = None
         self.last_upstream_activity = 0.0
@@ -258,9 +259,7 @@ class Exchange:
         policy = route.retry
         if policy.attempts > 1 and replay_safe(ctx.method, ctx.header(b"idempotency-key") is not None):
             self._replay = []
-        loop = self.conn.loop
-        self._deadline = loop.time() + route.timeout
-        self._timer = loop.call_later(route.timeout, self._on_timer)
+        self.deadline = self._deadline = self.conn.loop.time() + route.timeout
         self._attempt()
 
     def _attempt(self) -> None:
@@ -398,11 +397,11 @@ class Exchange:
         self._drop_upstream()
         self._try_failed(Failure.TIMEOUT, GatewayTimeout())
 
-    def _on_timer(self) -> None:
-        """One timer per request. Before the response head it is the route timeout (504); after it, it bounds
-        each silence of the upstream (like nginx's proxy_read_timeout), re-armed lazily so a streaming body
-        does not reschedule a timer per chunk."""
-        self._timer = None
+    def check_deadline(self, now: float) -> None:
+        """The sweeper saw `deadline` pass. Before the response head it is the route timeout (504); after it,
+        it bounds each silence of the upstream (like nginx's proxy_read_timeout). Streaming chunks only stamp
+        `last_upstream_activity`; the deadline is moved here, lazily."""
+        self.deadline = _NEVER
         if self.finished:
             return
         if not self.response_started:
@@ -410,13 +409,12 @@ class Exchange:
             self._end_try(ok=False)
             self.fail(GatewayTimeout())
             return
-        loop = self.conn.loop
         assert self.route is not None
-        idle = loop.time() - self.last_upstream_activity
-        if idle >= self.route.timeout:
+        next_deadline = self.last_upstream_activity + self.route.timeout
+        if next_deadline <= now:
             self.fail(GatewayTimeout())  # the response started: this cuts the connection
         else:
-            self._timer = loop.call_later(self.route.timeout - idle, self._on_timer)
+            self.deadline = next_deadline
 
     # --- ResponseReceiver -------------------------------------------------------------------------
 
@@ -434,7 +432,8 @@ class Exchange:
             return
         self.response_started = True
         self.status = status
-        self.last_upstream_activity = self.conn.loop.time()
+        self.last_upstream_activity = now = self.conn.loop.time()
+        self.deadline = now + route.timeout
         if self._try_timer is not None:
             self._try_timer.cancel()
             self._try_timer = None
@@ -544,10 +543,11 @@ class Exchange:
 
     def _end(self) -> None:
         """Release everything the exchange holds: timers, the try, its share of the upstream's budget."""
-        for handle in (self._timer, self._try_timer, self._backoff):
+        self.deadline = _NEVER
+        for handle in (self._try_timer, self._backoff):
             if handle is not None:
                 handle.cancel()
-        self._timer = self._try_timer = self._backoff = None
+        self._try_timer = self._backoff = None
         if self.target is not None:
             self._end_try(ok=False)
         if self._budget_held and self._cluster is not None:

@@ -1,17 +1,26 @@
-"""What the upstream is told about the client: forwarding headers from the real peer (RFC 7239, X-Forwarded-*),
-believing a client's own values only when the peer is a trusted proxy."""
+"""What the upstream is told about the client: forwarding headers from the real peer (RFC 7239 and
+X-Forwarded-*), believing a client's own values only when the peer is a trusted proxy."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+FORWARDING_FIELDS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
+
+Fields = Sequence[tuple[bytes, bytes]]
 
 
-def client_address(peer_ip: str, xff: bytes | None, is_trusted: Callable[[str], bool]) -> str:
+def _joined(fields: Fields, name: bytes) -> bytes | None:
+    """Several copies of a list field are one comma-joined list (RFC 9110 §5.3)."""
+    values = [v for n, v in fields if n == name]
+    return b", ".join(values) if values else None
+
+
+def client_address(peer_ip: str, client_fields: Fields, is_trusted: Callable[[str], bool]) -> str:
     """The address rate limits and logs should believe: walk X-Forwarded-For from the right past trusted
     proxies; the first untrusted hop is the client. From an untrusted peer the header means nothing."""
+    xff = _joined(client_fields, b"x-forwarded-for")
     if xff is None or not is_trusted(peer_ip):
         return peer_ip
     hops = [h.strip() for h in xff.decode("latin-1").split(",")]
@@ -39,38 +48,28 @@ def _forwarded_node(ip: str) -> str:
     return f'"[{ip}]"' if ":" in ip else ip
 
 
-def forwarding_headers(
+def add_forwarding_headers(
     headers: list[tuple[bytes, bytes]],
+    trusted_fields: Fields,
     peer_ip: str,
     scheme: str,
     host: bytes | None,
-    trusted: bool,
-) -> list[tuple[bytes, bytes]]:
-    """Return `headers` without the client's forwarding fields, plus the gateway's own.
+) -> None:
+    """Append the gateway's forwarding fields to `headers` (which holds none of the client's).
 
-    From a trusted proxy the chain is extended (X-Forwarded-For appended, Proto and Host kept); from anyone
-    else it starts at this peer, so a client can never plant an address or scheme.
+    `trusted_fields` are the client's own forwarding fields when the peer is a trusted proxy (else empty):
+    the chain is then extended (X-Forwarded-For appended, Proto and Host kept). From anyone else it starts
+    at this peer, so a client can never plant an address or a scheme.
     """
-    previous: dict[bytes, bytes] = {}
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if name in _FORWARDING:
-            if trusted:
-                # Several copies of a list field are one comma-joined list (RFC 9110 §5.3).
-                previous[name] = previous[name] + b", " + value if name in previous else value
-        else:
-            out.append((name, value))
     peer = peer_ip.encode("ascii")
-    proto = scheme.encode("ascii")
-    xff = previous.get(b"x-forwarded-for")
-    out.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
-    out.append((b"x-forwarded-proto", previous.get(b"x-forwarded-proto") or proto))
-    forwarded_host = previous.get(b"x-forwarded-host") or host
+    xff = _joined(trusted_fields, b"x-forwarded-for")
+    headers.append((b"x-forwarded-for", xff + b", " + peer if xff else peer))
+    headers.append((b"x-forwarded-proto", _joined(trusted_fields, b"x-forwarded-proto") or scheme.encode("ascii")))
+    forwarded_host = _joined(trusted_fields, b"x-forwarded-host") or host
     if forwarded_host:
-        out.append((b"x-forwarded-host", forwarded_host))
+        headers.append((b"x-forwarded-host", forwarded_host))
     node = f"for={_forwarded_node(peer_ip)};proto={scheme}".encode("ascii")
     if host:
         node += b';host="' + host.replace(b"\\", b"").replace(b'"', b"") + b'"'
-    earlier = previous.get(b"forwarded")
-    out.append((b"forwarded", earlier + b", " + node if earlier else node))
-    return out
+    earlier = _joined(trusted_fields, b"forwarded")
+    headers.append((b"forwarded", earlier + b", " + node if earlier else node))

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("frontgate")
 
+_TICK = 0.1  # seconds between deadline sweeps
+
 
 def bind_socket(address: str, reuse_port: bool) -> socket.socket:
     host, _, port = address.rpartition(":")
@@ -56,6 +58,7 @@ class Gateway:
         self.requests = 0
         self._servers: list[asyncio.Server] = []
         self.date_line = date_line(time.time())
+        self._last_second = 0
         self.access_log = AccessLog.from_config(runtime.config.observability.access_log)
         self.health = HealthChecker(list(runtime.clusters.values()))
 
@@ -66,10 +69,20 @@ class Gateway:
         return cls(config_paths, compile_runtime(loaded, pools, 1), pools, loop)
 
     def _tick(self) -> None:
-        """Refresh the cached Date header once a second instead of formatting it per response."""
-        now = time.time()
-        self.date_line = date_line(now)
-        self.loop.call_at(self.loop.time() + 1.0 - (now % 1.0), self._tick)
+        """Every 100 ms: expire what is overdue. Connections and exchanges only stamp deadlines, so the hot
+        path never schedules or cancels a timer; timeouts are therefore precise to about 0.1 s."""
+        loop = self.loop
+        now = loop.time()
+        for conn in tuple(self.connections):
+            exchange = conn.active
+            if conn.wait_deadline <= now or (exchange is not None and exchange.deadline <= now):
+                conn.check_deadlines(now)
+        wall = time.time()
+        if int(wall) != self._last_second:
+            self._last_second = int(wall)
+            self.date_line = date_line(wall)  # the Date header, formatted once a second
+            self.pools.expire_idle(time.monotonic())
+        loop.call_at(now + _TICK, self._tick)
 
     async def start(self, reuse_port: bool) -> None:
         from frontgate.server.connection import HttpConnection

@@ -90,6 +90,10 @@ class UpstreamRegistry:
             if key not in keys:
                 self._pools.pop(key).close()
 
+    def expire_idle(self, now: float) -> None:
+        for pool in self._pools.values():
+            pool.expire_idle(now)
+
     def close_all(self) -> None:
         for pool in self._pools.values():
             pool.close()

@@ -44,7 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_receiver",
         "closed",
-        "idle_handle",
+        "idle_since",
         "response_started",
         "transport",
         "uses",
@@ -61,7 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = False
         self.closed = False
         self.uses = 0  # requests sent; 0 means a fresh connection
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # when it went back to the pool
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("busy" if self._receiver else "idle")
@@ -101,8 +101,6 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.idle_handle is not None:
-                self.idle_handle.cancel()
             if self.transport is not None:
                 self.transport.abort()
 
@@ -129,8 +127,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         receiver = self._receiver
         if receiver is None:
             return

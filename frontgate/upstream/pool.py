@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 
 from frontgate.errors import BadGateway, GatewayTimeout
@@ -54,9 +55,6 @@ class TargetPool:
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
-                if conn.idle_handle is not None:
-                    conn.idle_handle.cancel()
-                    conn.idle_handle = None
                 return conn
         return None
 
@@ -80,15 +78,19 @@ class TargetPool:
         if not reusable or conn.closed or self.closed or len(self._idle) >= self.key.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
-        conn.idle_handle = loop.call_later(self.key.idle_timeout, self._expire, conn)
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
-    def _expire(self, conn: UpstreamConnection) -> None:
-        conn.idle_handle = None
-        if conn in self._idle:
-            self._idle.remove(conn)
-        conn.close()
+    def expire_idle(self, now: float) -> None:
+        """Close connections idle longer than `idle_timeout`: the oldest sit at the front of the list."""
+        idle = self._idle
+        cutoff = now - self.key.idle_timeout
+        expired = 0
+        while expired < len(idle) and (idle[expired].closed or idle[expired].idle_since < cutoff):
+            idle[expired].close()
+            expired += 1
+        if expired:
+            del idle[:expired]
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,89 @@
+"""CPU cost of frontgate's own code per proxied request, without sockets or a kernel in the way.
+
+The client and upstream connections get in-memory transports: a request is fed in, the upstream head
+the gateway writes is answered with a canned response, and the client's answer is checked. What remains
+is our Python per request (parsing, routing, plugins, pool, framing), measured with process time, so
+other load on the machine barely moves it. Use it to compare commits; use bench/run.sh against nginx.
+
+    .venv/bin/python bench/hotpath.py [CONFIG] [REQUESTS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from frontgate.server.connection import HttpConnection
+from frontgate.server.gateway import Gateway
+from frontgate.upstream.connection import UpstreamConnection
+
+REQUEST = (b"GET /plain HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 00:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self._peer = peer
+        self._closing = False
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._peer if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        self._closing = True
+
+    def abort(self) -> None:
+        self._closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def main(config: str, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    gateway = Gateway.from_files([config], loop)
+    upstream_transport = MemoryTransport(("127.0.0.1", 9))
+    upstream = UpstreamConnection()
+    upstream.connection_made(upstream_transport)
+    for target in (t for c in gateway.runtime.clusters.values() for t in c.targets):
+        target.pool.release(upstream, True)  # a warm keep-alive connection, as under load
+    client_transport = MemoryTransport(("127.0.0.1", 40000))
+    client = HttpConnection(gateway)
+    client.connection_made(client_transport)
+
+    def one() -> None:
+        client.data_received(REQUEST)
+        assert upstream_transport.written, "the request did not reach the upstream"
+        upstream_transport.written.clear()
+        upstream.data_received(RESPONSE)
+        assert client_transport.written[-1].endswith(b"ok\n")
+        client_transport.written.clear()
+
+    for _ in range(2000):
+        one()
+    started = time.process_time()
+    for _ in range(count):
+        one()
+    elapsed = time.process_time() - started
+    print(f"{config}: {elapsed / count * 1e6:.1f} us of CPU per proxied request ({count} requests)")
+
+
+if __name__ == "__main__":
+    path = sys.argv[1] if len(sys.argv) > 1 else "bench/hotpath.yaml"
+    uvloop.run(main(path, int(sys.argv[2]) if len(sys.argv) > 2 else 50000))
