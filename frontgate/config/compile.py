@@ -50,6 +50,7 @@ class CompiledRoute:
     timeout: float
     max_body_bytes: int
     retry: RetryPolicy
+    only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
 
 
 @dataclass(slots=True)
@@ -194,4 +195,5 @@ def _compile_route(
         timeout=route.timeout or DEFAULT_ROUTE_TIMEOUT,
         max_body_bytes=max_body,
         retry=RetryPolicy.from_config(route.retry),
+        only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
     )

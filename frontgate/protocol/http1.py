@@ -59,9 +59,21 @@ class RequestFraming:
     connection_tokens: frozenset[bytes]
 
 
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+
 def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) -> RequestFraming:
     """Check the rules llhttp does not and return the framing facts. Raises BadRequest (400) or
-    NotImplementedByGateway (501) — both close the connection, since the body's length is unknowable."""
+    NotImplementedByGateway (501) — both close the connection, since the body's length is unknowable.
+
+    `headers` holds only the framing fields (host, content-length, transfer-encoding, connection, expect).
+    """
+    if len(headers) == 1 and headers[0][0] == b"host" and http_version == "1.1":
+        # Most requests: a GET with only a Host among the framing fields.
+        only_host = headers[0][1]
+        if not valid_host(only_host):
+            raise BadRequest("The Host header is malformed.")
+        return RequestFraming(None, False, only_host, True, False, _NO_TOKENS)
     host: bytes | None = None
     host_count = 0
     content_length: int | None = None
@@ -88,7 +100,7 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
         raise BadRequest("An HTTP/1.1 request needs a Host header.")
     if host_count > 1:
         raise BadRequest("The request has more than one Host header.")
-    if host is not None and not _valid_host(host):
+    if host is not None and not valid_host(host):
         raise BadRequest("The Host header is malformed.")
 
     chunked = False
@@ -128,7 +140,7 @@ class HttpError417(HttpError):
 _HOST = re.compile(rb"^(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
-def _valid_host(host: bytes) -> bool:
+def valid_host(host: bytes) -> bool:
     return len(host) <= 255 and _HOST.match(host) is not None
 
 
@@ -184,16 +196,15 @@ def forwarded_response_head(
     close: bool,
 ) -> tuple[bytes, bool, bool]:
     """The head to write for an upstream's response, already stripped of hop-by-hop fields.
+    `date_line` is the gateway's `date: ...\r\n`, or b"" when the response has its own Date.
 
     Returns (head bytes, chunked: re-chunk the body, close: close after the body). The body keeps the
     upstream's Content-Length when it had one; otherwise HTTP/1.1 clients get it chunked and HTTP/1.0
     clients learn its end from the connection closing.
     """
-    parts = [status_line(status)]
-    if not any(name == b"date" for name, _ in headers):
-        parts.append(date_line)  # RFC 9110 §6.6.1: a forwarded response without Date gets one
-    for name, value in headers:
-        parts.append(name + b": " + value + b"\r\n")
+    # `date_line` is empty when the upstream sent its own Date (RFC 9110 §6.6.1: else the gateway adds one).
+    parts = [STATUS_LINES.get(status) or status_line(status), date_line,
+             *[name + b": " + value + b"\r\n" for name, value in headers]]
     chunked = False
     if content_length is not None:
         parts.append(b"content-length: %d\r\n" % content_length)
@@ -209,12 +220,6 @@ def forwarded_response_head(
         parts.append(b"connection: keep-alive\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), chunked, close
-
-
-def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop fields, those the Connection field names, and the framing we redo ourselves."""
-    named = {t for n, v in headers if n == b"connection" for t in header_tokens(v)}
-    return [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named and n != b"content-length"]
 
 
 def chunk(data: bytes) -> bytes:

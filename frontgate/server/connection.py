@@ -31,10 +31,11 @@ from frontgate.protocol.http1 import (
     host_without_port,
     inspect_request_head,
     render_response,
+    valid_host,
 )
-from frontgate.routing.normalize import normalize_path, parse_absolute_form, split_target
+from frontgate.routing.normalize import normalize_path, parse_absolute_form
 from frontgate.server.exchange import Exchange
-from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
+from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address, forwarded_node
 
 if TYPE_CHECKING:
     from frontgate.server.gateway import Gateway
@@ -48,6 +49,8 @@ _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
+_METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
 
 # What the connection waits for from the client, each with its own deadline (server.timeouts).
 WAIT_NOTHING, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
@@ -63,6 +66,8 @@ class HttpConnection(asyncio.Protocol):
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self._forwarding_static: list[tuple[bytes, bytes]] = []
+        self._forwarded_node = b""
         self._parser = httptools.HttpRequestParser(self)
         self._limits = gateway.runtime.config.server.limits
         self._timeouts = gateway.runtime.config.server.timeouts
@@ -85,6 +90,9 @@ class HttpConnection(asyncio.Protocol):
         self.waiting = WAIT_NOTHING
         self.wait_deadline = _NEVER
         self._closing = False
+        self._last_host_field = b""
+        self._last_host = ""
+        self.out: list[bytes] = []  # response bytes queued for one write (see flush)
         self.requests = 0
 
     @property
@@ -101,7 +109,12 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else ""
+        self.peer_ip = peer_ip = peer[0] if peer else ""
+        self._forwarding_static = [
+            (b"x-forwarded-for", peer_ip.encode("ascii")),
+            (b"x-forwarded-proto", self.scheme.encode("ascii")),
+        ]
+        self._forwarded_node = forwarded_node(peer_ip, self.scheme)
         gateway = self.gateway
         if len(gateway.connections) >= self._limits.max_connections or gateway.draining:
             transport.abort()
@@ -163,7 +176,8 @@ class HttpConnection(asyncio.Protocol):
         self._header_count = 0
         self._head_bytes = 0
         if self.waiting != WAIT_HEAD:
-            self._wait(WAIT_HEAD, self._timeouts.read_header)
+            self.waiting = WAIT_HEAD
+            self.wait_deadline = self.loop.time() + self._timeouts.read_header
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -217,7 +231,7 @@ class HttpConnection(asyncio.Protocol):
         if self.waiting == WAIT_BODY:
             self.waiting = WAIT_NOTHING
             self.wait_deadline = _NEVER
-        if exchange is not None:
+        if exchange is not None and not exchange.body_complete:
             exchange.request_complete()
 
     def _raise(self, error: HttpError) -> None:
@@ -229,7 +243,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _new_exchange(self) -> Exchange:
         parser = self._parser
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("ascii")
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise BadRequest("Unsupported HTTP version.")
@@ -242,18 +257,25 @@ class HttpConnection(asyncio.Protocol):
         if b"#" in raw_target:
             raise BadRequest("A request target cannot carry a fragment.")  # RFC 9112 §3.2
         if raw_target.startswith(b"/"):
-            raw_path, query = split_target(raw_target)
+            raw_path, _, query = raw_target.partition(b"?")
         elif raw_target.startswith((b"http://", b"https://")):
             authority, raw_path, query = parse_absolute_form(raw_target)
             # RFC 9112 §3.2.2: the target's authority replaces Host. Only hosts we route are proxied:
             # the gateway is not an open forward proxy.
-            if not runtime.host_declared(host_without_port(authority)):
+            if not valid_host(authority) or not runtime.host_declared(host_without_port(authority)):
                 raise BadRequest("Absolute-form requests are accepted only for hosts the gateway routes.")
             framing.host = authority
         else:
             raise BadRequest("The request target must be an absolute path.")
         path = normalize_path(raw_path)
-        host = host_without_port(framing.host) if framing.host else ""
+        host_field = framing.host
+        if host_field is None:
+            host = ""
+        elif host_field == self._last_host_field:
+            host = self._last_host  # keep-alive clients send the same Host again and again
+        else:
+            host = host_without_port(host_field)
+            self._last_host_field, self._last_host = host_field, host
 
         headers = self._headers
         named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
@@ -261,11 +283,18 @@ class HttpConnection(asyncio.Protocol):
             headers = [(n, v) for n, v in headers if n not in named]
         client_fields = self._forwarding_fields
         client_ip = self.peer_ip
-        trusted = False
-        if client_fields:
-            trusted = runtime.is_trusted(self.peer_ip)
+        if client_fields and runtime.is_trusted(client_ip):
             client_ip = client_address(self.peer_ip, client_fields, runtime.is_trusted)
-        add_forwarding_headers(headers, client_fields if trusted else (), self.peer_ip, self.scheme, framing.host)
+            add_forwarding_headers(headers, client_fields, self.peer_ip, self.scheme, framing.host)
+        else:
+            # The common case, from precomputed bytes: the chain starts at this peer.
+            headers.extend(self._forwarding_static)
+            if framing.host:
+                headers.append((b"x-forwarded-host", framing.host))
+                # Host was validated (no quotes or backslashes), so it can be quoted as it is.
+                headers.append((b"forwarded", self._forwarded_node + b';host="' + framing.host + b'"'))
+            else:
+                headers.append((b"forwarded", self._forwarded_node))
         ctx = RequestContext(method, path, query, headers, host, client_ip, self.peer_ip, self.scheme, version)
 
         try:
@@ -294,7 +323,18 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self._closing and self.transport is not None:
+            if self.out:
+                self.flush()
             self.transport.write(data)
+
+    def flush(self) -> None:
+        """Send what the exchange queued in `out`. The upstream connection flushes once per packet it
+        handled, so a small response costs one syscall instead of head and body apart."""
+        out = self.out
+        if out:
+            self.out = []
+            if not self._closing and self.transport is not None:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def send_error(self, exchange: Exchange, error: HttpError) -> None:
         body = error_body(error, exchange.ctx.request_id)
@@ -317,7 +357,7 @@ class HttpConnection(asyncio.Protocol):
         hooks = route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks
         for hook in hooks:
             hook(exchange.ctx, head)
-        close = force_close or not exchange.keep_alive or not exchange.body_complete or self.draining
+        close = force_close or not exchange.keep_alive or not exchange.body_complete or self.gateway.draining
         self.write(render_response(head.status, body, head.headers, content_type, close, self.gateway.date_line,
                                    exchange.head_only))
         exchange.bytes_out = len(body)
@@ -330,7 +370,7 @@ class HttpConnection(asyncio.Protocol):
         if exchange is not self._active:
             return
         self._active = None
-        if not exchange.keep_alive or not exchange.body_complete or self.draining:
+        if not exchange.keep_alive or not exchange.body_complete or self.gateway.draining:
             self.close()
             return
         if self._deferred_error is not None:
@@ -344,7 +384,8 @@ class HttpConnection(asyncio.Protocol):
                 self.resume_reading_for("pipeline")
             nxt.start()
         else:
-            self._wait(WAIT_IDLE, self._timeouts.idle)
+            self.waiting = WAIT_IDLE
+            self.wait_deadline = self.loop.time() + self._timeouts.idle
 
     def abort_exchange(self, exchange: Exchange) -> None:
         """The response cannot be completed: flush what was sent and close, so the client sees it cut."""
@@ -390,6 +431,7 @@ class HttpConnection(asyncio.Protocol):
 
     def close(self) -> None:
         if not self._closing:
+            self.flush()
             self._closing = True
             self.waiting = WAIT_NOTHING
             if self.transport is not None:

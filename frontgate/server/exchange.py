@@ -24,12 +24,11 @@ from frontgate.protocol.http1 import (
     RequestFraming,
     chunk,
     forwarded_response_head,
-    strip_hop_by_hop,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
 from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
-from frontgate.upstream.retry import Failure, replay_safe
+from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:
     from frontgate.server.connection import HttpConnection
@@ -42,6 +41,7 @@ BODY_BUFFER_HIGH_WATER = 64 * 1024
 # once any of their bytes went upstream.
 REPLAY_LIMIT = 64 * 1024
 _NEVER = float("inf")
+_PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 
 
 class NoHealthyTarget(ServiceUnavailable):
@@ -252,13 +252,14 @@ class Exchange:
     def _dispatch(self, route: CompiledRoute) -> None:
         """Choose the upstream (cohort) once; then try targets until one answers or the policy says stop."""
         ctx = self.ctx
-        key = route.sticky_key(ctx.headers, ctx.client_ip, ctx.claims) if route.sticky_key else None
-        cluster = route.clusters[route.split.pick(key)]
+        cluster = route.only_cluster
+        if cluster is None:
+            key = route.sticky_key(ctx.headers, ctx.client_ip, ctx.claims) if route.sticky_key else None
+            cluster = route.clusters[route.split.pick(key)]
         self._cluster = cluster
         cluster.state.budget.active_requests += 1
-        policy = route.retry
-        if policy.attempts > 1 and replay_safe(ctx.method, ctx.header(b"idempotency-key") is not None):
-            self._replay = []
+        if route.retry.attempts > 1 and (ctx.method in IDEMPOTENT_METHODS or ctx.header(b"idempotency-key")):
+            self._replay = []  # replay-safe: keep what is sent, so a retry can send it again
         self.deadline = self._deadline = self.conn.loop.time() + route.timeout
         self._attempt()
 
@@ -276,7 +277,11 @@ class Exchange:
             self.fail(CircuitOpen() if tripped else NoHealthyTarget())
             return
         state = cluster.state
-        if not state.breaker.allow(state.in_flight) or not target.state.breaker.allow(target.pool.in_flight):
+        upstream_breaker, target_breaker = state.breaker, target.state.breaker
+        # Closed breakers only cap requests in flight: checked inline, `allow` for everything else.
+        if not (upstream_breaker.closed and state.in_flight < upstream_breaker.max_in_flight
+                and target_breaker.closed and target.pool.in_flight < target_breaker.max_in_flight) and (
+                not upstream_breaker.allow(state.in_flight) or not target_breaker.allow(target.pool.in_flight)):
             self.fail(CircuitOpen())
             return
         self.attempts += 1
@@ -315,7 +320,8 @@ class Exchange:
         if self._replay:
             data = b"".join(self._replay)
             upstream.write(chunk(data) if self.framing.chunked else data)
-        self._flush_pending(upstream)
+        if self._pending or not self.upstream_body_done:
+            self._flush_pending(upstream)
 
     def _upstream_head(self, target: Target) -> bytes:
         ctx = self.ctx
@@ -356,8 +362,10 @@ class Exchange:
         target.state.requests += 1
         if not ok:
             target.state.failures += 1
-        target.state.breaker.record(ok)
-        cluster.state.breaker.record(ok)
+        if target.state.breaker.needs_outcomes:
+            target.state.breaker.record(ok)
+        if cluster.state.breaker.needs_outcomes:
+            cluster.state.breaker.record(ok)
         if target.state.outlier is not None:
             target.state.outlier.record(ok, cluster.may_eject)
 
@@ -438,30 +446,36 @@ class Exchange:
             self._try_timer.cancel()
             self._try_timer = None
 
-        head = ResponseHead(status, strip_hop_by_hop(headers))
+        upstream = self.upstream
+        assert upstream is not None
+        named = upstream.named_hop_by_hop - _PLAIN_CONNECTION_TOKENS
+        if named:
+            headers = [(n, v) for n, v in headers if n not in named]
+        head = ResponseHead(status, headers)
         for hook in route.response_hooks:
             hook(self.ctx, head)
         conn = self.conn
         data, self._chunked_out, close = forwarded_response_head(
-            head.status, head.headers, None if chunked else content_length, conn.gateway.date_line,
-            self.head_only, self.ctx.http_version, not self.keep_alive or conn.draining,
+            head.status, head.headers, None if chunked else content_length,
+            b"" if upstream.has_date else conn.gateway.date_line,
+            self.head_only, self.ctx.http_version, not self.keep_alive or conn.gateway.draining,
         )
         if close:
             self.keep_alive = False
-        conn.write(data)
+        conn.out.append(data)
 
     def response_body(self, data: bytes) -> None:
         if self.finished:
             return
         self.bytes_out += len(data)
         self.last_upstream_activity = self.conn.loop.time()
-        self.conn.write(chunk(data) if self._chunked_out else data)
+        self.conn.out.append(chunk(data) if self._chunked_out else data)
 
     def response_complete(self, reusable: bool) -> None:
         if self.finished:
             return
         if self._chunked_out:
-            self.conn.write(LAST_CHUNK)
+            self.conn.out.append(LAST_CHUNK)
         upstream, target = self.upstream, self.target
         self.upstream = None
         if upstream is not None and target is not None:
@@ -492,6 +506,9 @@ class Exchange:
             self._task = self.conn.loop.create_task(self._connect_and_send(self.target))
             return
         self._try_failed(Failure.RESET if isinstance(error, UpstreamReset) else Failure.PROTOCOL, error)
+
+    def flush(self) -> None:
+        self.conn.flush()
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:

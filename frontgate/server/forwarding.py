@@ -44,8 +44,10 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _forwarded_node(ip: str) -> str:
-    return f'"[{ip}]"' if ":" in ip else ip
+def forwarded_node(ip: str, scheme: str) -> bytes:
+    """This hop's RFC 7239 element without the host (IPv6 addresses are quoted and bracketed)."""
+    node = f'"[{ip}]"' if ":" in ip else ip
+    return f"for={node};proto={scheme}".encode("ascii")
 
 
 def add_forwarding_headers(
@@ -68,7 +70,7 @@ def add_forwarding_headers(
     forwarded_host = _joined(trusted_fields, b"x-forwarded-host") or host
     if forwarded_host:
         headers.append((b"x-forwarded-host", forwarded_host))
-    node = f"for={_forwarded_node(peer_ip)};proto={scheme}".encode("ascii")
+    node = forwarded_node(peer_ip, scheme)
     if host:
         node += b';host="' + host.replace(b"\\", b"").replace(b'"', b"") + b'"'
     earlier = _joined(trusted_fields, b"forwarded")

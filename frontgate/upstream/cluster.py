@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from frontgate.config.schema import Upstream
@@ -47,7 +48,7 @@ class TargetState:
             return False
         if self.outlier is not None and self.outlier.ejected():
             return False
-        return self.breaker.admits()
+        return self.breaker.closed or self.breaker.admits()
 
 
 class UpstreamState:
@@ -114,7 +115,8 @@ class Target:
     state: TargetState
 
 
-Picker = Callable[[bytes | None, Collection["Target"]], "Target | None"]
+class Picker(Protocol):
+    def __call__(self, key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None: ...
 
 
 class UpstreamCluster:
@@ -143,7 +145,9 @@ class UpstreamCluster:
             if config.health_check is None:
                 target.state.healthy = True  # checks switched off: nothing says otherwise
             self.targets.append(target)
-        self._pick: Picker = _build_picker(config.balance, self.targets)
+        # A target to send to, or None when none is available. The second argument (targets already tried)
+        # is honoured when another target is available.
+        self.pick: Picker = _build_picker(config.balance, self.targets)
         self.hash_key = sticky_key_from(config.hash_on) if config.balance == "hash" else None
 
     def _target(self, url: str, weight: int, registry: UpstreamRegistry, tls: ssl.SSLContext | None) -> Target:
@@ -166,11 +170,6 @@ class UpstreamCluster:
         host_header = (netloc if default_port else f"{netloc}:{port}").encode("ascii")
         return Target(url, host, port, weight, host_header, registry.pool(key), registry.target_state(self.name, url))
 
-    def pick(self, key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None:
-        """A target to send to, or None when none is available. `exclude` (targets already tried) is
-        honoured when another target is available."""
-        return self._pick(key, exclude)
-
     def pool_keys(self) -> set[PoolKey]:
         return {t.pool.key for t in self.targets}
 
@@ -186,7 +185,7 @@ def _build_picker(balance: str, targets: list[Target]) -> Picker:
     live = [t for t in targets if t.weight > 0] or targets
     if len(live) == 1:
         only = live[0]
-        return lambda key, exclude: only if only.state.available() else None
+        return lambda key=None, exclude=(): only if only.state.available() else None
     if balance == "random":
         return _random_picker(live)
     if balance == "least_request":
@@ -202,7 +201,7 @@ def _round_robin_picker(targets: list[Target]) -> Picker:
     size = len(schedule)
     position = random.randrange(size)  # workers start at different places
 
-    def pick(key: bytes | None, exclude: Collection[Target]) -> Target | None:
+    def pick(key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None:
         nonlocal position
         fallback = None
         for _ in range(size):
@@ -220,7 +219,7 @@ def _round_robin_picker(targets: list[Target]) -> Picker:
 def _random_picker(targets: list[Target]) -> Picker:
     weights = [t.weight for t in targets]
 
-    def pick(key: bytes | None, exclude: Collection[Target]) -> Target | None:
+    def pick(key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None:
         target = random.choices(targets, weights)[0]
         if target.state.available() and target not in exclude:
             return target
@@ -232,7 +231,7 @@ def _random_picker(targets: list[Target]) -> Picker:
 
 
 def _least_request_picker(targets: list[Target]) -> Picker:
-    def pick(key: bytes | None, exclude: Collection[Target]) -> Target | None:
+    def pick(key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None:
         candidates = [t for t in targets if t.state.available()]
         fresh = [t for t in candidates if t not in exclude] or candidates
         if len(fresh) < 2:
@@ -262,7 +261,7 @@ def _hash_picker(targets: list[Target]) -> Picker:
     points = [p for p, _ in ring]
     fallback = _round_robin_picker(targets)
 
-    def pick(key: bytes | None, exclude: Collection[Target]) -> Target | None:
+    def pick(key: bytes | None = None, exclude: Collection[Target] = ()) -> Target | None:
         if key is None:
             return fallback(None, exclude)
         start = bisect.bisect(points, _point(key))

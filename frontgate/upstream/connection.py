@@ -14,6 +14,10 @@ from typing import Protocol, cast
 import httptools
 
 from frontgate.errors import BadGateway, HttpError
+from frontgate.protocol.http1 import HOP_BY_HOP, header_tokens
+
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
+_PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close"})
 
 
 class UpstreamReset(BadGateway):
@@ -33,6 +37,7 @@ class ResponseReceiver(Protocol):
     def response_complete(self, reusable: bool) -> None: ...
     def upstream_failed(self, error: HttpError, response_started: bool) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
+    def flush(self) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -44,7 +49,9 @@ class UpstreamConnection(asyncio.Protocol):
         "_parser",
         "_receiver",
         "closed",
+        "has_date",
         "idle_since",
+        "named_hop_by_hop",
         "response_started",
         "transport",
         "uses",
@@ -55,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._receiver: ResponseReceiver | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self.has_date = False  # the response carries its own Date
+        self.named_hop_by_hop: set[bytes] = set()  # fields the response's Connection header names
         self._chunked = False
         self._content_length: int | None = None
         self._head_only = False
@@ -74,6 +83,8 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self._receiver = receiver
         self._headers = []
+        self.has_date = False
+        self.named_hop_by_hop = set()
         self._chunked = False
         self._content_length = None
         self._head_only = head_only
@@ -121,6 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("The upstream service switched protocols unexpectedly."))
         except httptools.HttpParserError:
             self._fail(UpstreamProtocolError())
+        receiver.flush()  # what this packet produced goes to the client in one write
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports it
@@ -136,6 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
             receiver.response_complete(False)
         else:
             receiver.upstream_failed(UpstreamReset(), self.response_started)
+        receiver.flush()
 
     def pause_writing(self) -> None:
         if self._receiver is not None:
@@ -151,10 +164,17 @@ class UpstreamConnection(asyncio.Protocol):
         if self.response_started:
             return  # trailers: not relayed over HTTP/1.1
         name = name.lower()
-        if name == b"content-length":
-            self._content_length = int(value)
-        elif name == b"transfer-encoding":
-            self._chunked = value.strip().lower().endswith(b"chunked")
+        if name in _NOT_RELAYED:
+            # Framing is redone by the gateway and hop-by-hop fields end here (RFC 9110 §7.6.1).
+            if name == b"content-length":
+                self._content_length = int(value)
+            elif name == b"transfer-encoding":
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION_VALUES:
+                self.named_hop_by_hop.update(header_tokens(value))
+            return
+        if name == b"date":
+            self.has_date = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -162,6 +182,8 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             # 1xx interim responses are consumed here; the gateway answers 100-continue itself.
             self._headers = []
+            self.has_date = False
+            self.named_hop_by_hop = set()
             self._content_length = None
             self._chunked = False
             return

@@ -8,14 +8,14 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 log = logging.getLogger("frontgate.upstream")
 
 Clock = Callable[[], float]
 
 
-class BreakerState(str, Enum):
+class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -38,14 +38,30 @@ class CircuitBreaker:
 
     def __init__(self, name: str, settings: BreakerSettings, clock: Clock) -> None:
         self.name = name
-        self.settings = settings
         self._clock = clock
         self.state = BreakerState.CLOSED
+        self.settings = settings
         self._opened_at = 0.0
         self._probes = 0
         # One bucket per second: (second, requests, errors); old buckets fall off the left.
         self._buckets: deque[list[int]] = deque()
         self.rejections = 0
+
+    @property
+    def settings(self) -> BreakerSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: BreakerSettings) -> None:
+        self._settings = settings
+        self.max_in_flight = settings.max_in_flight
+        self._update_flags()
+
+    def _update_flags(self) -> None:
+        # Plain attributes the hot path reads instead of calling: a closed breaker that does not count
+        # errors only limits requests in flight, and needs to hear no outcomes.
+        self.closed = self.state is BreakerState.CLOSED
+        self.needs_outcomes = self._settings.error_ratio is not None or not self.closed
 
     def allow(self, in_flight: int) -> bool:
         if in_flight >= self.settings.max_in_flight:
@@ -108,6 +124,7 @@ class CircuitBreaker:
         if state is not self.state:
             log.warning("circuit breaker %s: %s -> %s", self.name, self.state.value, state.value)
             self.state = state
+            self._update_flags()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from frontgate.config.schema import Retry
 
@@ -16,7 +16,7 @@ from frontgate.config.schema import Retry
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Failure(str, Enum):
+class Failure(StrEnum):
     CONNECT = "connect-failure"  # nothing was sent: safe to retry for any method
     RESET = "reset"  # the upstream closed or reset before a complete response head
     TIMEOUT = "timeout"  # per-try timeout

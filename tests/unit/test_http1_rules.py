@@ -23,7 +23,6 @@ from frontgate.protocol.http1 import (
     inspect_request_head,
     render_response,
     status_line,
-    strip_hop_by_hop,
 )
 
 Headers = list[tuple[bytes, bytes]]
@@ -396,19 +395,41 @@ def test_date_line_is_an_imf_fixdate_in_gmt() -> None:
 # --- relaying an upstream's response ------------------------------------------------------------------
 
 
-def test_strip_hop_by_hop_drops_hop_fields_connection_named_fields_and_content_length() -> None:
-    headers = [(b"content-type", b"text/plain"), (b"connection", b"X-Private, close"), (b"x-private", b"1"),
-               (b"keep-alive", b"timeout=5"), (b"transfer-encoding", b"chunked"), (b"content-length", b"5"),
-               (b"upgrade", b"h2c"), (b"trailer", b"x-sum"), (b"x-public", b"2"), (b"set-cookie", b"a=1"),
-               (b"set-cookie", b"b=2")]
-    assert strip_hop_by_hop(headers) == [(b"content-type", b"text/plain"), (b"x-public", b"2"),
-                                         (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+def test_upstream_response_loses_hop_fields_connection_named_fields_and_content_length() -> None:
+    from frontgate.upstream.connection import UpstreamConnection
+
+    class Receiver:
+        head: list[tuple[bytes, bytes]] = []
+
+        def response_head(self, status: int, headers: Headers, chunked: bool, length: int | None) -> None:
+            Receiver.head = [(n, v) for n, v in headers if n not in upstream.named_hop_by_hop]
+
+        def response_body(self, data: bytes) -> None: ...
+        def response_complete(self, reusable: bool) -> None: ...
+        def upstream_failed(self, error: object, response_started: bool) -> None: ...
+        def upstream_write_paused(self, paused: bool) -> None: ...
+        def flush(self) -> None: ...
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+    upstream = UpstreamConnection()
+    upstream.transport = Sink()  # type: ignore[assignment]
+    upstream.start(Receiver(), b"GET / HTTP/1.1\r\n\r\n", head_only=False)  # type: ignore[arg-type]
+    upstream.data_received(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: X-Private, close\r\nx-private: 1\r\n"
+        b"keep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nupgrade: h2c\r\ntrailer: x-sum\r\n"
+        b"x-public: 2\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\n0\r\n\r\n"
+    )
+    assert Receiver.head == [(b"content-type", b"text/plain"), (b"x-public", b"2"),
+                             (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
 
 
 def _relay(status: int = 200, headers: Headers | None = None, content_length: int | None = None,
            head_only: bool = False, version: str = "1.1", close: bool = False) -> tuple[list[bytes], bool, bool]:
-    raw, chunked, closing = forwarded_response_head(status, headers or [], content_length, DATE, head_only, version,
-                                                    close)
+    has_date = any(name == b"date" for name, _ in headers or [])  # the upstream connection tracks this
+    raw, chunked, closing = forwarded_response_head(status, headers or [], content_length, b"" if has_date else DATE,
+                                                    head_only, version, close)
     assert raw.endswith(b"\r\n\r\n")
     return raw[:-4].split(b"\r\n"), chunked, closing
 
