@@ -68,6 +68,7 @@ class Runtime:
     # request id is echoed and CORS headers are set on errors too.
     unrouted_response_hooks: tuple[ResponseHook, ...]
     unrouted_plugins: tuple[Plugin, ...]
+    routes_on_headers: bool  # some route matches on headers: only then does routing need them
     build: BuildContext
     is_trusted: Callable[[str], bool] = field(init=False)
 
@@ -144,6 +145,7 @@ def compile_runtime(loaded: LoadedConfig, pools: UpstreamRegistry, generation: i
         wildcard_hosts=tuple(h[1:] for h in hosts if h.startswith("*.")),
         unrouted_response_hooks=tuple(p.on_response for p in reversed(unrouted) if p.implements("on_response")),
         unrouted_plugins=tuple(unrouted),
+        routes_on_headers=any(r.match.headers for r in config.routes),
         build=build,
     )
 

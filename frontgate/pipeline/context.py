@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from frontgate.protocol.http1 import split_lines
+
 if TYPE_CHECKING:
     from frontgate.config.compile import CompiledRoute
 
@@ -36,14 +38,19 @@ class RequestContext:
 
     `headers` are the request headers as they will be forwarded: (lowercase name, value) pairs. Plugins edit
     them in place. `upstream_path` starts as the normalised path and may be rewritten.
+
+    The connection hands the headers over as ready-made `name: value\r\n` lines; the pairs are made from
+    them only when something asks for `headers`, so a request no plugin looks at is forwarded without
+    taking its headers apart and putting them back together.
     """
 
     __slots__ = (
+        "_header_lines",
+        "_headers",
         "_request_id",
         "claims",
         "client_ip",
         "consumer",
-        "headers",
         "host",
         "http_version",
         "method",
@@ -63,18 +70,20 @@ class RequestContext:
         method: str,
         path: str,
         query: bytes,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[bytes, bytes]] | None,
         host: str,
         client_ip: str,
         peer_ip: str,
         scheme: str,
         http_version: str,
+        header_lines: list[bytes] | None = None,
     ) -> None:
         self.method = method
         self.path = path
         self.upstream_path = path
         self.query = query
-        self.headers = headers
+        self._headers: list[tuple[bytes, bytes]] | None = headers
+        self._header_lines = header_lines
         self.host = host
         self.client_ip = client_ip
         self.peer_ip = peer_ip
@@ -98,6 +107,26 @@ class RequestContext:
     @request_id.setter
     def request_id(self, value: str) -> None:
         self._request_id = value
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = split_lines(self._header_lines or [])
+            self._header_lines = None
+        return headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers = headers
+        self._header_lines = None
+
+    def header_lines(self) -> list[bytes]:
+        """The headers as `name: value\r\n` lines, ready to write."""
+        lines = self._header_lines
+        if lines is None:
+            lines = [name + b": " + value + b"\r\n" for name, value in self.headers]
+        return lines
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header; `name` must be lowercase."""

@@ -186,16 +186,26 @@ def render_response(
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
+def split_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """`name: value\r\n` lines back into pairs (a name is a token, so the first ": " ends it)."""
+    pairs = []
+    for line in lines:
+        colon = line.index(b": ")
+        pairs.append((line[:colon], line[colon + 2 : -2]))
+    return pairs
+
+
 def forwarded_response_head(
     status: int,
-    headers: list[tuple[bytes, bytes]],
+    lines: list[bytes],
     content_length: int | None,
     date_line: bytes,
     head_only: bool,
     client_version: str,
     close: bool,
 ) -> tuple[bytes, bool, bool]:
-    """The head to write for an upstream's response, already stripped of hop-by-hop fields.
+    """The head to write for an upstream's response; `lines` are its headers as `name: value\r\n`, already
+    stripped of hop-by-hop fields.
     `date_line` is the gateway's `date: ...\r\n`, or b"" when the response has its own Date.
 
     Returns (head bytes, chunked: re-chunk the body, close: close after the body). The body keeps the
@@ -203,8 +213,7 @@ def forwarded_response_head(
     clients learn its end from the connection closing.
     """
     # `date_line` is empty when the upstream sent its own Date (RFC 9110 §6.6.1: else the gateway adds one).
-    parts = [STATUS_LINES.get(status) or status_line(status), date_line,
-             *[name + b": " + value + b"\r\n" for name, value in headers]]
+    parts = [STATUS_LINES.get(status) or status_line(status), date_line, *lines]
     chunked = False
     if content_length is not None:
         parts.append(b"content-length: %d\r\n" % content_length)

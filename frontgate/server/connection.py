@@ -66,7 +66,7 @@ class HttpConnection(asyncio.Protocol):
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
-        self._forwarding_static: list[tuple[bytes, bytes]] = []
+        self._forwarding_static: tuple[bytes, ...] = ()
         self._forwarded_node = b""
         self._parser = httptools.HttpRequestParser(self)
         self._limits = gateway.runtime.config.server.limits
@@ -74,7 +74,7 @@ class HttpConnection(asyncio.Protocol):
         # The head being parsed.
         self._in_head = False
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []  # forwardable headers as `name: value\r\n`
         self._framing_fields: list[tuple[bytes, bytes]] = []
         self._forwarding_fields: list[tuple[bytes, bytes]] = []
         self._header_count = 0
@@ -110,10 +110,10 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer_ip = peer[0] if peer else ""
-        self._forwarding_static = [
-            (b"x-forwarded-for", peer_ip.encode("ascii")),
-            (b"x-forwarded-proto", self.scheme.encode("ascii")),
-        ]
+        self._forwarding_static = (
+            b"x-forwarded-for: " + peer_ip.encode("ascii") + b"\r\n",
+            b"x-forwarded-proto: " + self.scheme.encode("ascii") + b"\r\n",
+        )
         self._forwarded_node = forwarded_node(peer_ip, self.scheme)
         gateway = self.gateway
         if len(gateway.connections) >= self._limits.max_connections or gateway.draining:
@@ -170,7 +170,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._url = b""
-        self._headers = []
+        self._lines = []
         self._framing_fields = []
         self._forwarding_fields = []
         self._header_count = 0
@@ -197,7 +197,7 @@ class HttpConnection(asyncio.Protocol):
         elif name in FORWARDING_FIELDS:
             self._forwarding_fields.append((name, value))
         elif name not in _DROPPED:
-            self._headers.append((name, value))
+            self._lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -277,28 +277,27 @@ class HttpConnection(asyncio.Protocol):
             host = host_without_port(host_field)
             self._last_host_field, self._last_host = host_field, host
 
-        headers = self._headers
+        lines = self._lines
         named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
         if named:  # `Connection: x-foo` makes x-foo hop-by-hop too
-            headers = [(n, v) for n, v in headers if n not in named]
+            lines = [line for line in lines if line[: line.index(b":")] not in named]
+        ctx = RequestContext(method, path, query, None, host, self.peer_ip, self.peer_ip, self.scheme, version, lines)
         client_fields = self._forwarding_fields
-        client_ip = self.peer_ip
-        if client_fields and runtime.is_trusted(client_ip):
-            client_ip = client_address(self.peer_ip, client_fields, runtime.is_trusted)
-            add_forwarding_headers(headers, client_fields, self.peer_ip, self.scheme, framing.host)
+        if client_fields and runtime.is_trusted(self.peer_ip):
+            ctx.client_ip = client_address(self.peer_ip, client_fields, runtime.is_trusted)
+            add_forwarding_headers(ctx.headers, client_fields, self.peer_ip, self.scheme, framing.host)
         else:
-            # The common case, from precomputed bytes: the chain starts at this peer.
-            headers.extend(self._forwarding_static)
+            # The common case, from bytes made once per connection: the chain starts at this peer.
+            lines += self._forwarding_static  # one element per header line: ctx.headers splits them
             if framing.host:
-                headers.append((b"x-forwarded-host", framing.host))
                 # Host was validated (no quotes or backslashes), so it can be quoted as it is.
-                headers.append((b"forwarded", self._forwarded_node + b';host="' + framing.host + b'"'))
+                lines.append(b"x-forwarded-host: " + framing.host + b"\r\n")
+                lines.append(b"forwarded: " + self._forwarded_node + b';host="' + framing.host + b'"\r\n')
             else:
-                headers.append((b"forwarded", self._forwarded_node))
-        ctx = RequestContext(method, path, query, headers, host, client_ip, self.peer_ip, self.scheme, version)
+                lines.append(b"forwarded: " + self._forwarded_node + b"\r\n")
 
         try:
-            route = runtime.router.match(method, host, path, headers)
+            route = runtime.router.match(method, host, path, ctx.headers if runtime.routes_on_headers else ())
         except (NotFound, MethodNotAllowed) as error:
             return Exchange(self, runtime, ctx, framing, None, error)
         ctx.route = route

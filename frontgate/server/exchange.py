@@ -24,6 +24,7 @@ from frontgate.protocol.http1 import (
     RequestFraming,
     chunk,
     forwarded_response_head,
+    split_lines,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
@@ -334,8 +335,7 @@ class Exchange:
         remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
         parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host,
                  b"\r\nx-request-deadline: %d\r\n" % remaining_ms]
-        for name, value in ctx.headers:
-            parts.append(name + b": " + value + b"\r\n")
+        parts += ctx.header_lines()
         if self.framing.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif self.framing.content_length is not None:
@@ -426,9 +426,7 @@ class Exchange:
 
     # --- ResponseReceiver -------------------------------------------------------------------------
 
-    def response_head(
-        self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool, content_length: int | None
-    ) -> None:
+    def response_head(self, status: int, lines: list[bytes], chunked: bool, content_length: int | None) -> None:
         if self.finished:
             return
         route = self.route
@@ -449,15 +447,20 @@ class Exchange:
         upstream = self.upstream
         assert upstream is not None
         named = upstream.named_hop_by_hop - _PLAIN_CONNECTION_TOKENS
-        if named:
-            headers = [(n, v) for n, v in headers if n not in named]
-        head = ResponseHead(status, headers)
-        for hook in route.response_hooks:
-            hook(self.ctx, head)
+        if named or route.response_hooks:
+            # Taken apart only when something looks: the fields named by Connection go, hooks see pairs.
+            head = ResponseHead(status, [pair for pair in split_lines(lines) if pair[0] not in named])
+            for hook in route.response_hooks:
+                hook(self.ctx, head)
+            status = head.status
+            lines = [name + b": " + value + b"\r\n" for name, value in head.headers]
+            has_date = any(name == b"date" for name, _ in head.headers)
+        else:
+            has_date = upstream.has_date
         conn = self.conn
         data, self._chunked_out, close = forwarded_response_head(
-            head.status, head.headers, None if chunked else content_length,
-            b"" if upstream.has_date else conn.gateway.date_line,
+            status, lines, None if chunked else content_length,
+            b"" if has_date else conn.gateway.date_line,
             self.head_only, self.ctx.http_version, not self.keep_alive or conn.gateway.draining,
         )
         if close:

@@ -31,8 +31,8 @@ class UpstreamProtocolError(BadGateway):
 
 
 class ResponseReceiver(Protocol):
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], chunked: bool,
-                      content_length: int | None) -> None: ...
+    def response_head(self, status: int, lines: list[bytes], chunked: bool, content_length: int | None) -> None:
+        """`lines` are the relayed headers, `name: value\r\n` with lowercase names, hop-by-hop ones gone."""
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def upstream_failed(self, error: HttpError, response_started: bool) -> None: ...
@@ -45,7 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_chunked",
         "_content_length",
         "_head_only",
-        "_headers",
+        "_lines",
         "_parser",
         "_receiver",
         "closed",
@@ -61,7 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._receiver: ResponseReceiver | None = None
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._lines: list[bytes] = []  # relayed response headers as `name: value\r\n`
         self.has_date = False  # the response carries its own Date
         self.named_hop_by_hop: set[bytes] = set()  # fields the response's Connection header names
         self._chunked = False
@@ -82,7 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request head; `head_only` for HEAD requests, whose responses have no body."""
         assert self.transport is not None
         self._receiver = receiver
-        self._headers = []
+        self._lines = []
         self.has_date = False
         self.named_hop_by_hop = set()
         self._chunked = False
@@ -175,13 +175,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if name == b"date":
             self.has_date = True
-        self._headers.append((name, value))
+        self._lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
             # 1xx interim responses are consumed here; the gateway answers 100-continue itself.
-            self._headers = []
+            self._lines = []
             self.has_date = False
             self.named_hop_by_hop = set()
             self._content_length = None
@@ -190,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = True
         receiver = self._receiver
         if receiver is not None:
-            receiver.response_head(status, self._headers, self._chunked, self._content_length)
+            receiver.response_head(status, self._lines, self._chunked, self._content_length)
         if self._head_only and self._receiver is not None:
             # llhttp cannot be told this answers a HEAD, so it would wait for the announced body. The
             # exchange ends here and the next response starts on a fresh parser.
