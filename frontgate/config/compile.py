@@ -51,6 +51,7 @@ class CompiledRoute:
     max_body_bytes: int
     retry: RetryPolicy
     only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
+    deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
 
 
 @dataclass(slots=True)
@@ -198,4 +199,5 @@ def _compile_route(
         max_body_bytes=max_body,
         retry=RetryPolicy.from_config(route.retry),
         only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
+        deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
     )

@@ -44,26 +44,13 @@ class RequestContext:
     taking its headers apart and putting them back together.
     """
 
-    __slots__ = (
-        "_header_lines",
-        "_headers",
-        "_request_id",
-        "claims",
-        "client_ip",
-        "consumer",
-        "host",
-        "http_version",
-        "method",
-        "path",
-        "peer_ip",
-        "query",
-        "response_headers_add",
-        "route",
-        "scheme",
-        "started",
-        "state",
-        "upstream_path",
-    )
+    # Defaults at class level: __init__, run for every request, sets only what differs per request.
+    route: CompiledRoute | None = None
+    consumer: str | None = None
+    claims: dict[str, Any] | None = None
+    response_headers_add: list[tuple[bytes, bytes]] | None = None
+    state: dict[str, Any] | None = None
+    _request_id: str | None = None
 
     def __init__(
         self,
@@ -89,13 +76,7 @@ class RequestContext:
         self.peer_ip = peer_ip
         self.scheme = scheme
         self.http_version = http_version
-        self.route: CompiledRoute | None = None
-        self.consumer: str | None = None
-        self.claims: dict[str, Any] | None = None
-        self.response_headers_add: list[tuple[bytes, bytes]] | None = None
-        self.state: dict[str, Any] | None = None
         self.started = time.monotonic()
-        self._request_id: str | None = None
 
     @property
     def request_id(self) -> str:
@@ -127,6 +108,12 @@ class RequestContext:
         if lines is None:
             lines = [name + b": " + value + b"\r\n" for name, value in self.headers]
         return lines
+
+    def set_header_lines(self, lines: list[bytes]) -> None:
+        """Replace all headers with ready-made `name: value\r\n` lines (lowercase names), so a plugin can
+        drop or add headers without the pairs ever being built (the auth plugins do, on every request)."""
+        self._header_lines = lines
+        self._headers = None
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header; `name` must be lowercase."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -27,6 +28,7 @@ from frontgate.errors import (
 from frontgate.pipeline.context import RequestContext, ResponseHead, new_request_id
 from frontgate.protocol.http1 import (
     HOP_BY_HOP,
+    RequestFraming,
     error_body,
     host_without_port,
     inspect_request_head,
@@ -49,6 +51,7 @@ _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
+_NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -90,8 +93,9 @@ class HttpConnection(asyncio.Protocol):
         self.waiting = WAIT_NOTHING
         self.wait_deadline = _NEVER
         self._closing = False
-        self._last_host_field = b""
+        self._last_host_field: bytes | None = None
         self._last_host = ""
+        self._last_framing = _NO_FRAMING  # used only once _last_host_field matched a request
         self.out: list[bytes] = []  # response bytes queued for one write (see flush)
         self.requests = 0
 
@@ -250,7 +254,16 @@ class HttpConnection(asyncio.Protocol):
             raise BadRequest("Unsupported HTTP version.")
         if method == "CONNECT":
             raise BadRequest("CONNECT is not supported.")
-        framing = inspect_request_head(self._framing_fields, version)
+        fields = self._framing_fields
+        if len(fields) == 1 and fields[0][1] == self._last_host_field and version == "1.1" and fields[0][0] == b"host":
+            framing = self._last_framing  # keep-alive clients repeat the same plain head: checked once
+        else:
+            framing = inspect_request_head(fields, version)
+            if framing.host is not None and framing.content_length is None and not framing.chunked \
+                    and framing.keep_alive and not framing.expect_continue and not framing.connection_tokens:
+                self._last_framing = framing
+                self._last_host_field = framing.host
+                self._last_host = host_without_port(framing.host)
         runtime = self.gateway.runtime
 
         raw_target = self._url
@@ -264,7 +277,7 @@ class HttpConnection(asyncio.Protocol):
             # the gateway is not an open forward proxy.
             if not valid_host(authority) or not runtime.host_declared(host_without_port(authority)):
                 raise BadRequest("Absolute-form requests are accepted only for hosts the gateway routes.")
-            framing.host = authority
+            framing = replace(framing, host=authority)  # a copy: the plain framing may be cached
         else:
             raise BadRequest("The request target must be an absolute path.")
         path = normalize_path(raw_path)
@@ -272,10 +285,9 @@ class HttpConnection(asyncio.Protocol):
         if host_field is None:
             host = ""
         elif host_field == self._last_host_field:
-            host = self._last_host  # keep-alive clients send the same Host again and again
+            host = self._last_host
         else:
             host = host_without_port(host_field)
-            self._last_host_field, self._last_host = host_field, host
 
         lines = self._lines
         named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS

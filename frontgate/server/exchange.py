@@ -54,45 +54,32 @@ class CircuitOpen(ServiceUnavailable):
 
 
 class Exchange:
-    __slots__ = (
-        "_backoff",
-        "_budget_held",
-        "_chunked_out",
-        "_cluster",
-        "_deadline",
-        "_pending",
-        "_pending_bytes",
-        "_replay",
-        "_replay_bytes",
-        "_stale_retried",
-        "_task",
-        "_tried",
-        "_try_timer",
-        "attempts",
-        "body_bytes",
-        "body_complete",
-        "bytes_out",
-        "conn",
-        "ctx",
-        "cut",
-        "deadline",
-        "error",
-        "finished",
-        "framing",
-        "head_only",
-        "keep_alive",
-        "last_upstream_activity",
-        "max_body_bytes",
-        "observed",
-        "response_started",
-        "route",
-        "runtime",
-        "status",
-        "target",
-        "target_url",
-        "upstream",
-        "upstream_body_done",
-    )
+    # Per-request state starts from these class-level defaults: only what differs per request is set in
+    # __init__, which runs for every request (no __slots__, so an attribute can fall back to its default).
+    upstream: UpstreamConnection | None = None
+    target: Target | None = None
+    target_url: str | None = None
+    response_started = False
+    finished = False
+    cut = False  # the response was started and then cut off
+    observed = False  # reported to the gateway's accounting (exactly once)
+    status = 0
+    bytes_out = 0
+    body_bytes = 0
+    attempts = 0
+    deadline = _NEVER  # checked by the gateway's sweeper (see check_deadline)
+    last_upstream_activity = 0.0
+    _chunked_out = False
+    _pending_bytes = 0
+    _cluster: UpstreamCluster | None = None
+    _deadline = 0.0
+    _replay: list[bytes] | None = None
+    _replay_bytes = 0
+    _stale_retried = False
+    _budget_held = False
+    _try_timer: asyncio.TimerHandle | None = None
+    _backoff: asyncio.TimerHandle | None = None
+    _task: asyncio.Task[None] | None = None
 
     def __init__(
         self,
@@ -113,35 +100,9 @@ class Exchange:
         self.max_body_bytes = route.max_body_bytes if route else runtime.config.server.limits.max_body_bytes
         self.head_only = ctx.method == "HEAD"
         self.keep_alive = framing.keep_alive
-        has_body = framing.chunked or bool(framing.content_length)
-        self.body_complete = not has_body
-        self.body_bytes = 0
+        self.body_complete = self.upstream_body_done = not (framing.chunked or framing.content_length)
         self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_body_done = not has_body
-        self.target: Target | None = None
-        self.target_url: str | None = None
-        self.response_started = False
-        self.finished = False
-        self._chunked_out = False
-        self.status = 0
-        self.bytes_out = 0
-        self.attempts = 0
-        self._cluster: UpstreamCluster | None = None
         self._tried: list[Target] = []
-        self._deadline = 0.0
-        self._replay: list[bytes] | None = None
-        self._replay_bytes = 0
-        self._stale_retried = False
-        self._budget_held = False
-        self.deadline = _NEVER  # checked by the gateway's sweeper (see check_deadline)
-        self._try_timer: asyncio.TimerHandle | None = None
-        self._backoff: asyncio.TimerHandle | None = None
-        self.last_upstream_activity = 0.0
-        self._task: asyncio.Task[None] | None = None
-        self.cut = False  # the response was started and then cut off
-        self.observed = False  # reported to the gateway's accounting (exactly once)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -332,9 +293,12 @@ class Exchange:
         if ctx.query:
             target_bytes += b"?" + ctx.query
         host = self.framing.host if cluster.preserve_host and self.framing.host else target.host_header
-        remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
-        parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host,
-                 b"\r\nx-request-deadline: %d\r\n" % remaining_ms]
+        if self.attempts == 1 and not self._stale_retried:
+            deadline_line = self.route.deadline_line  # type: ignore[union-attr]  # sent at once: the whole timeout
+        else:
+            remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
+            deadline_line = b"\r\nx-request-deadline: %d\r\n" % remaining_ms
+        parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host, deadline_line]
         parts += ctx.header_lines()
         if self.framing.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")

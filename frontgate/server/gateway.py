@@ -85,9 +85,14 @@ class Gateway:
         loop.call_at(now + _TICK, self._tick)
 
     async def start(self, reuse_port: bool) -> None:
+        """Start plugins (store connections, key fetchers) and health checks first, then listen: the first
+        request already meets a ready gateway."""
         from frontgate.server.connection import HttpConnection
 
         self._tick()
+        for plugin in self.runtime.plugins():
+            await plugin.startup()
+        self.health.start()
         for listener in self.runtime.config.server.listen:
             sock = bind_socket(listener.address, reuse_port)
             scheme = "https" if listener.tls else "http"
@@ -101,9 +106,6 @@ class Gateway:
                 sock=sock, ssl=ssl_context, backlog=2048,
             )
             self._servers.append(server)
-        for plugin in self.runtime.plugins():
-            await plugin.startup()
-        self.health.start()
 
     # --- reload -----------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ consumes nothing from the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 MICROS = 1_000_000
 
@@ -25,47 +25,47 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RateRule:
-    """GCRA parameters of one limit, precomputed at config compile time."""
+    """GCRA parameters of one limit, precomputed at config compile time: `RateRule.of(100, 1, burst=20)`."""
 
     count: int  # N in `N/period`
     period: int  # seconds
     burst: int
+    interval_us: int  # time between two requests at the sustained rate
+    tolerance_us: int  # capacity * interval: how far TAT may run ahead of now
+
+    @classmethod
+    def of(cls, count: int, period: int, burst: int = 0) -> RateRule:
+        # Microsecond resolution: rates above 1,000,000/s per key behave as 1,000,000/s.
+        interval = max(1, (period * MICROS) // count)
+        return cls(count, period, burst, interval, (count + burst) * interval)
 
     @property
     def capacity(self) -> int:
         return self.count + self.burst
 
-    @property
-    def interval_us(self) -> int:
-        # Microsecond resolution: rates above 1,000,000/s per key behave as 1,000,000/s.
-        return max(1, (self.period * MICROS) // self.count)
-
-    @property
-    def tolerance_us(self) -> int:
-        return self.capacity * self.interval_us
-
 
 @dataclass(frozen=True, slots=True)
-class RateCheck:
-    key: bytes
-    rule: RateRule
+class DecisionPlan:
+    """The fixed part of one kind of decision (which rules, which concurrency maxima), built once at config
+    compile time; a request adds only its keys: one per rule, then one per slot."""
 
+    rules: tuple[RateRule, ...]
+    slot_maxes: tuple[int, ...] = ()
+    # What a store derives from the plan once (the Redis store: the command's fixed bytes).
+    encoded: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-@dataclass(frozen=True, slots=True)
-class SlotCheck:
-    """A concurrency limit: at most `max` requests in flight per key."""
-
-    key: bytes
-    max: int
+    @property
+    def key_count(self) -> int:
+        return len(self.rules) + len(self.slot_maxes)
 
 
 @dataclass(slots=True)
 class Verdict:
     allowed: bool
-    remaining: list[int]  # per rate check, after this request (unconsumed when refused)
-    reset_us: list[int]  # per rate check: time until the quota is whole again
-    retry_after_us: int  # when refused by a rate limit: time until this request would be admitted
-    denied: list[bool]  # per rate check, then per slot check: did this one refuse the request?
+    remaining: list[int]  # per rule, after this request (unconsumed when refused)
+    reset_us: list[int]  # per rule: time until the quota is whole again
+    retry_after_us: int  # when refused by a rule: time until this request would be admitted
+    denied: int  # bit i set: check i (rules first, then slots) refused the request
     token: bytes | None = None  # set when slots were acquired: hand it back to `release`
 
 
@@ -74,11 +74,11 @@ class LimitStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def decide(self, rates: Sequence[RateCheck], slots: Sequence[SlotCheck]) -> Verdict:
-        """Check and (if every check passes) consume. Raises StoreUnavailable within the store's timeout."""
+    async def decide(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
+        """Check and (only if every check passes) consume. Raises StoreUnavailable within the timeout."""
         ...
 
-    def release(self, slots: Sequence[SlotCheck], token: bytes) -> None:
+    def release(self, plan: DecisionPlan, keys: Sequence[bytes], token: bytes) -> None:
         """Give back the concurrency slots taken by an admitted request. Never blocks, never raises."""
         ...
 

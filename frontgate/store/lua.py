@@ -10,70 +10,68 @@ from __future__ import annotations
 import hashlib
 
 # KEYS: n rate keys, then m slot keys.
-# ARGV: n, m, token, lease_ms, then interval_us and tolerance_us per rate key, then max per slot key.
-# Returns {allowed, retry_us, remaining_1, reset_us_1, ..., remaining_n, reset_us_n, denied_1 .. denied_n+m}.
+# ARGV: n, m, lease_ms, interval_us and tolerance_us per rate key, max per slot key, and last the token.
+# Returns {allowed, retry_us, denied_bits, remaining_1, reset_us_1, ..., remaining_n, reset_us_n}.
 DECIDE = b"""
 local n = tonumber(ARGV[1])
 local m = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local allowed = 1
+local denied = 0
 local retry = 0
-local out = {0, 0}
-local denied = {}
+local out = {0, 0, 0}
 local fresh = {}
+local bit = 1
 for i = 1, n do
-  local interval = tonumber(ARGV[3 + 2 * i])
-  local tolerance = tonumber(ARGV[4 + 2 * i])
+  local interval = tonumber(ARGV[2 + 2 * i])
+  local tolerance = tonumber(ARGV[3 + 2 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
   if tat < now then tat = now end
   local new_tat = tat + interval
   local allow_at = new_tat - tolerance
   if allow_at > now then
-    allowed = 0
+    denied = denied + bit
     if allow_at - now > retry then retry = allow_at - now end
-    out[1 + 2 * i] = 0
-    out[2 + 2 * i] = tat - now
-    denied[i] = 1
+    out[2 + 2 * i] = 0
+    out[3 + 2 * i] = tat - now
   else
-    out[1 + 2 * i] = math.floor((now - allow_at) / interval)
-    out[2 + 2 * i] = new_tat - now
+    out[2 + 2 * i] = math.floor((now - allow_at) / interval)
+    out[3 + 2 * i] = new_tat - now
     fresh[i] = new_tat
-    denied[i] = 0
   end
+  bit = bit * 2
 end
 local now_ms = math.floor(now / 1000)
 for j = 1, m do
   local key = KEYS[n + j]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  if redis.call('ZCARD', key) >= tonumber(ARGV[4 + 2 * n + j]) then
-    allowed = 0
-    denied[n + j] = 1
-  else
-    denied[n + j] = 0
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + 2 * n + j]) then
+    denied = denied + bit
   end
+  bit = bit * 2
 end
-if allowed == 1 then
+if denied == 0 then
   for i = 1, n do
     local ttl = math.floor((fresh[i] - now) / 1000) + 1
     redis.call('SET', KEYS[i], string.format('%.0f', fresh[i]), 'PX', ttl)
   end
-  local lease = tonumber(ARGV[4])
+  local lease = tonumber(ARGV[3])
+  local token = ARGV[4 + 2 * n + m]
   for j = 1, m do
-    redis.call('ZADD', KEYS[n + j], now_ms + lease, ARGV[3])
+    redis.call('ZADD', KEYS[n + j], now_ms + lease, token)
     redis.call('PEXPIRE', KEYS[n + j], lease)
   end
 else
   for i = 1, n do
-    if denied[i] == 0 then
-      out[1 + 2 * i] = out[1 + 2 * i] + 1
-      out[2 + 2 * i] = math.max(0, out[2 + 2 * i] - tonumber(ARGV[3 + 2 * i]))
+    if fresh[i] then
+      out[2 + 2 * i] = out[2 + 2 * i] + 1
+      out[3 + 2 * i] = math.max(0, out[3 + 2 * i] - tonumber(ARGV[2 + 2 * i]))
     end
   end
 end
-out[1] = allowed
+out[1] = denied == 0 and 1 or 0
 out[2] = retry
-for i = 1, n + m do out[2 + 2 * n + i] = denied[i] end
+out[3] = denied
 return out
 """
 

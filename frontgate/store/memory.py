@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from frontgate.store.base import MICROS, RateCheck, SlotCheck, Verdict
+from frontgate.store.base import MICROS, DecisionPlan, Verdict
 
 SWEEP_EVERY_US = MICROS  # drop keys whose bucket is full again at most once a second
 
@@ -35,70 +35,77 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    async def decide(self, rates: Sequence[RateCheck], slots: Sequence[SlotCheck]) -> Verdict:
-        return self.decide_now(rates, slots)
+    async def decide(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
+        return self.decide_now(plan, keys)
 
-    def decide_now(self, rates: Sequence[RateCheck], slots: Sequence[SlotCheck]) -> Verdict:
+    def decide_now(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         now = int(self._clock() * MICROS)
         if now >= self._next_sweep:
             self._sweep(now)
         tats = self._tat
-        allowed = True
+        rules = plan.rules
+        if len(rules) == 1 and not plan.slot_maxes:  # the common case, without the loops
+            rule = rules[0]
+            key = keys[0]
+            tat = tats.get(key, now)
+            if tat < now:
+                tat = now
+            new_tat = tat + rule.interval_us
+            allow_at = new_tat - rule.tolerance_us
+            if allow_at > now:
+                return Verdict(False, [0], [tat - now], allow_at - now, 1)
+            tats[key] = new_tat
+            return Verdict(True, [(now - allow_at) // rule.interval_us], [new_tat - now], 0, 0)
         retry = 0
+        denied = 0
         remaining: list[int] = []
         reset: list[int] = []
-        denied: list[bool] = []
         new_tats: list[int] = []
-        for check in rates:
-            rule = check.rule
+        for i, rule in enumerate(rules):
             interval = rule.interval_us
-            tat = tats.get(check.key, now)
+            tat = tats.get(keys[i], now)
             if tat < now:
                 tat = now
             new_tat = tat + interval
             allow_at = new_tat - rule.tolerance_us
             if allow_at > now:
-                allowed = False
+                denied |= 1 << i
                 retry = max(retry, allow_at - now)
                 remaining.append(0)
                 reset.append(tat - now)
-                denied.append(True)
-                new_tats.append(tat)
             else:
                 remaining.append((now - allow_at) // interval)
                 reset.append(new_tat - now)
-                denied.append(False)
-                new_tats.append(new_tat)
+            new_tats.append(new_tat)
+        n = len(rules)
         in_flight = self._in_flight
-        for slot in slots:
-            full = in_flight.get(slot.key, 0) >= slot.max
-            denied.append(full)
-            if full:
-                allowed = False
-        if not allowed:
+        for j, most in enumerate(plan.slot_maxes):
+            if in_flight.get(keys[n + j], 0) >= most:
+                denied |= 1 << (n + j)
+        if denied:
             # Nothing is consumed: the limits that would have admitted report their quota untouched.
-            for i, check in enumerate(rates):
-                if not denied[i]:
+            for i, rule in enumerate(rules):
+                if not denied >> i & 1:
                     remaining[i] += 1
-                    reset[i] -= check.rule.interval_us
-            return Verdict(False, remaining, [max(0, r) for r in reset], retry, denied)
-        for check, new_tat in zip(rates, new_tats, strict=True):
-            tats[check.key] = new_tat
+                    reset[i] = max(0, reset[i] - rule.interval_us)
+            return Verdict(False, remaining, reset, retry, denied)
+        for i in range(n):
+            tats[keys[i]] = new_tats[i]
         token = None
-        if slots:
-            for slot in slots:
-                in_flight[slot.key] = in_flight.get(slot.key, 0) + 1
+        if plan.slot_maxes:
+            for key in keys[n:]:
+                in_flight[key] = in_flight.get(key, 0) + 1
             token = self._token_prefix + b"%d" % next(self._tokens)
-        return Verdict(True, remaining, reset, 0, denied, token)
+        return Verdict(True, remaining, reset, 0, 0, token)
 
-    def release(self, slots: Sequence[SlotCheck], token: bytes) -> None:
+    def release(self, plan: DecisionPlan, keys: Sequence[bytes], token: bytes) -> None:
         in_flight = self._in_flight
-        for slot in slots:
-            count = in_flight.get(slot.key, 0) - 1
+        for key in keys[len(plan.rules):]:
+            count = in_flight.get(key, 0) - 1
             if count > 0:
-                in_flight[slot.key] = count
+                in_flight[key] = count
             else:
-                in_flight.pop(slot.key, None)
+                in_flight.pop(key, None)
 
     def in_flight(self, key: bytes) -> int:
         return self._in_flight.get(key, 0)

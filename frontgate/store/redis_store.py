@@ -21,16 +21,17 @@ import itertools
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.connection import SSLConnection, parse_url
 
-from frontgate.store.base import RateCheck, SlotCheck, StoreUnavailable, Verdict
+from frontgate.store.base import DecisionPlan, StoreUnavailable, Verdict
 from frontgate.store.lua import DECIDE, DECIDE_SHA, RENEW_SHA, SCRIPTS
-from frontgate.store.resp import ReplyError, RespConnection, bulk, command, encode_parts
+from frontgate.store.resp import ReplyError, RespConnection, bulk, command
 
 log = logging.getLogger("frontgate.store")
 
@@ -61,7 +62,7 @@ class RedisTarget:
         scheme = url.split("://", 1)[0].lower()
         if scheme in ("redis+sentinel", "rediss+sentinel"):
             return cls._sentinel(url, scheme.startswith("rediss"))
-        options: dict[str, Any] = parse_url(url)
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         tls = None
         if options.get("connection_class") is SSLConnection:
             tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
@@ -105,11 +106,13 @@ class RedisStore:
         self._lost: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._ready: asyncio.Event | None = None
         self._held: dict[bytes, tuple[bytes, ...]] = {}
         self._tokens = itertools.count(1)
         self._token_prefix = os.urandom(6).hex().encode() + b":"
         self.connects = 0  # successful handshakes, for tests and status pages
+        self._first_attempt_done = False
+        self._first_attempt: asyncio.Event | None = None
+        self._loop_time: Callable[[], float] = time.monotonic  # the loop's clock once started
 
     def __repr__(self) -> str:
         state = "up" if self._conn is not None else "down"
@@ -124,12 +127,13 @@ class RedisStore:
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._loop_time = asyncio.get_running_loop().time
         self._lost = asyncio.Event()
-        self._ready = asyncio.Event()
+        self._first_attempt = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._maintain())
         self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), STARTUP_WAIT)
+            await asyncio.wait_for(self._first_attempt.wait(), STARTUP_WAIT)
 
     async def close(self) -> None:
         for task in (self._task, self._renewer):
@@ -150,21 +154,29 @@ class RedisStore:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # refused, frozen, auth failure, sentinel without a master...
+                if not self._first_attempt_done:
+                    log.warning("redis store: cannot connect (%s); requests follow store.on_failure", error)
+                self._first_attempt_over()
                 log.debug("redis store: connect failed: %s", error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff = FIRST_BACKOFF
-            assert self._lost is not None and self._ready is not None
+            assert self._lost is not None
             self._lost.clear()
             self._conn = conn
             self.connects += 1
-            self._ready.set()
+            self._first_attempt_over()
             log.info("redis store: connected (%d)", self.connects)
             await self._lost.wait()
             self._conn = None
             log.warning("redis store: connection lost; requests follow store.on_failure until it is back")
             await asyncio.sleep(FIRST_BACKOFF)
+
+    def _first_attempt_over(self) -> None:
+        self._first_attempt_done = True
+        if self._first_attempt is not None:
+            self._first_attempt.set()
 
     def _connection_lost(self, conn: RespConnection) -> None:
         if conn is self._conn and self._lost is not None:
@@ -174,7 +186,7 @@ class RedisStore:
     async def _connect(self) -> RespConnection:
         loop = asyncio.get_running_loop()
         target = self.target
-        host, port = target.host, target.port
+        host, port = target.host or "127.0.0.1", target.port
         if target.sentinels:
             host, port = await asyncio.wait_for(self._discover_master(), PROBE_TIMEOUT * 4)
         conn: RespConnection
@@ -221,7 +233,7 @@ class RedisStore:
         from redis.asyncio.sentinel import Sentinel
 
         target = self.target
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), socket_timeout=PROBE_TIMEOUT, socket_connect_timeout=PROBE_TIMEOUT,
             sentinel_kwargs={"socket_timeout": PROBE_TIMEOUT, "socket_connect_timeout": PROBE_TIMEOUT},
         )
@@ -235,32 +247,50 @@ class RedisStore:
 
     # --- decisions --------------------------------------------------------------------------------
 
-    async def decide(self, rates: Sequence[RateCheck], slots: Sequence[SlotCheck]) -> Verdict:
+    async def decide(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         conn = self._conn
         if conn is None:
-            raise StoreUnavailable("redis is not connected")
-        token = self._token_prefix + b"%d" % next(self._tokens) if slots else b""
-        keys, argv = decide_arguments(rates, slots, token)
-        count = 3 + len(keys) + argument_count(rates, slots)
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        reply = await conn.send(encode_parts(count, _evalsha_head(keys) + argv), deadline)
-        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            conn = await self._first_connection()
+        head, tail = plan.encoded.get("redis") or encode_plan(plan)
+        if plan.slot_maxes:
+            token = self._token_prefix + b"%d" % next(self._tokens)
+            tail += bulk(token)
+        else:
+            token = b""
+        if len(keys) == 1:
+            body = b"$%d\r\n%s\r\n" % (len(keys[0]), keys[0])
+        else:
+            body = b"".join([b"$%d\r\n%s\r\n" % (len(k), k) for k in keys])
+        deadline = self._loop_time() + self.timeout
+        reply = await conn.send(head + body + tail, deadline)
+        if type(reply) is ReplyError and str(reply).startswith("NOSCRIPT"):
             # Scripts were flushed behind our back: send the body once, under the same deadline.
-            head = [bulk(b"EVAL"), bulk(DECIDE), bulk(b"%d" % len(keys)), *(bulk(k) for k in keys)]
-            reply = await conn.send(encode_parts(count, head + argv), deadline)
-        verdict = parse_verdict(reply, len(rates), len(slots))
-        if verdict.allowed and slots:
+            reply = await conn.send(head.replace(_EVALSHA, _EVAL, 1) + body + tail, deadline)
+        verdict = parse_verdict(reply, len(plan.rules))
+        if verdict.allowed and token:
             verdict.token = token
-            self._held[token] = tuple(s.key for s in slots)
+            self._held[token] = tuple(keys[len(plan.rules):])
         return verdict
 
-    def release(self, slots: Sequence[SlotCheck], token: bytes) -> None:
-        keys = self._held.pop(token, None)
+    async def _first_connection(self) -> RespConnection:
+        # A worker listens before its plugins have started: requests that arrive while the very first
+        # connection is still being made wait for that one attempt (bounded by the connect and probe
+        # timeouts) instead of slipping through unlimited. Every later outage fails fast.
+        if self._first_attempt_done or self._first_attempt is None:
+            raise StoreUnavailable("redis is not connected")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), STARTUP_WAIT)
+        if self._conn is None:
+            raise StoreUnavailable("redis is not connected")
+        return self._conn
+
+    def release(self, plan: DecisionPlan, keys: Sequence[bytes], token: bytes) -> None:
+        held = self._held.pop(token, None)
         conn = self._conn
-        if keys is None or conn is None:
+        if held is None or conn is None:
             return  # the lease frees it
         deadline = asyncio.get_running_loop().time() + self.timeout
-        for key in keys:
+        for key in held:
             conn.send_nowait(command(b"ZREM", key, token), deadline)
 
     async def _renew_forever(self) -> None:
@@ -281,53 +311,29 @@ class RedisStore:
 
 
 _EVALSHA = bulk(b"EVALSHA") + bulk(DECIDE_SHA)
-
-
-def _evalsha_head(keys: list[bytes]) -> list[bytes]:
-    return [_EVALSHA, bulk(b"%d" % len(keys)), *(bulk(k) for k in keys)]
-
-
-def decide_arguments(rates: Sequence[RateCheck], slots: Sequence[SlotCheck], token: bytes) -> tuple[
-        list[bytes], list[bytes]]:
-    """KEYS and bulk-encoded ARGV of the DECIDE script."""
-    keys = [r.key for r in rates] + [s.key for s in slots]
-    argv = [bulk(b"%d" % len(rates)), bulk(b"%d" % len(slots)), bulk(token), _LEASE]
-    for check in rates:
-        argv.append(_rule_args(check))
-    for slot in slots:
-        argv.append(bulk(b"%d" % slot.max))
-    return keys, argv
-
-
+_EVAL = bulk(b"EVAL") + bulk(DECIDE)
 _LEASE = bulk(b"%d" % SLOT_LEASE_MS)
-_RULE_ARGS: dict[tuple[int, int], bytes] = {}
 
 
-def _rule_args(check: RateCheck) -> bytes:
-    """Two bulk strings (interval, tolerance) per rule, encoded once. Counts as two arguments."""
-    rule = check.rule
-    cache_key = (rule.interval_us, rule.tolerance_us)
-    encoded = _RULE_ARGS.get(cache_key)
-    if encoded is None:
-        encoded = bulk(b"%d" % rule.interval_us) + bulk(b"%d" % rule.tolerance_us)
-        if len(_RULE_ARGS) < 4096:
-            _RULE_ARGS[cache_key] = encoded
+def encode_plan(plan: DecisionPlan) -> tuple[bytes, bytes]:
+    """The fixed bytes of a DECIDE call: (array header .. key count, ARGV before the token)."""
+    n, m = len(plan.rules), len(plan.slot_maxes)
+    argc = 3 + n + m + 3 + 2 * n + m + 1
+    head = b"*%d\r\n" % argc + _EVALSHA + bulk(b"%d" % (n + m))
+    tail = [bulk(b"%d" % n), bulk(b"%d" % m), _LEASE]
+    for rule in plan.rules:
+        tail += [bulk(b"%d" % rule.interval_us), bulk(b"%d" % rule.tolerance_us)]
+    tail += [bulk(b"%d" % most) for most in plan.slot_maxes]
+    if not plan.slot_maxes:
+        tail.append(bulk(b""))  # no token; with slots, `decide` appends a fresh one
+    encoded = (head, b"".join(tail))
+    plan.encoded["redis"] = encoded
     return encoded
 
 
-def argument_count(rates: Sequence[RateCheck], slots: Sequence[SlotCheck]) -> int:
-    return 4 + 2 * len(rates) + len(slots)
-
-
-def parse_verdict(reply: object, n: int, m: int) -> Verdict:
+def parse_verdict(reply: object, n: int) -> Verdict:
     if isinstance(reply, ReplyError):
         raise StoreUnavailable(f"redis refused the decision: {reply}")
-    if not isinstance(reply, list) or len(reply) != 2 + 2 * n + n + m:
+    if not isinstance(reply, list) or len(reply) != 3 + 2 * n:
         raise StoreUnavailable("redis returned a malformed decision")
-    return Verdict(
-        allowed=reply[0] == 1,
-        remaining=[int(reply[2 + 2 * i]) for i in range(n)],
-        reset_us=[int(reply[3 + 2 * i]) for i in range(n)],
-        retry_after_us=int(reply[1]),
-        denied=[reply[2 + 2 * n + i] == 1 for i in range(n + m)],
-    )
+    return Verdict(reply[0] == 1, reply[3::2], reply[4::2], reply[1], reply[2])

@@ -1,0 +1,286 @@
+"""rate_limit: named rate limits (GCRA) and concurrency limits, checked together in one store round trip.
+
+    store: {redis: "redis://127.0.0.1:6379/0", timeout: 20ms, on_failure: open}
+    plugins:
+      rate_limit:
+        limits:
+          - {name: per-ip, rate: 100/s, burst: 200, key: ip}
+          - {name: writes, rate: 60/m, key: consumer, methods: [POST, PUT, DELETE], on_failure: closed}
+        concurrency:
+          - {name: uploads, max: 10, key: consumer}
+
+A refused request gets 429 with `Retry-After`; every response of a request a rate limit applied to carries
+`RateLimit-Policy` and `RateLimit` (IETF httpapi draft, structured fields). When the store cannot decide
+within `store.timeout`, `on_failure` decides: `open` serves without the limit and without the headers,
+`closed` answers 503 with `Retry-After` and never reaches the upstream. See docs/rate-limiting.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from frontgate.config.schema import Route
+from frontgate.errors import HttpError
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, key_function
+from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
+from frontgate.store.base import MICROS, ceil_seconds
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+class LimitCounters:
+    """Decisions of one limit name in this process (limits of the same name share one)."""
+
+    __slots__ = ("admitted", "limited", "store_error")
+
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.limited = 0
+        self.store_error = 0
+
+
+COUNTERS: dict[str, LimitCounters] = {}
+
+
+def counters_for(name: str) -> LimitCounters:
+    counters = COUNTERS.get(name)
+    if counters is None:
+        counters = COUNTERS[name] = LimitCounters()
+    return counters
+
+
+def decision_counts() -> dict[tuple[str, str], int]:
+    """A snapshot keyed by (limit name, outcome), outcome one of admitted, limited, store_error; for the
+    metrics exporter and tests."""
+    out: dict[tuple[str, str], int] = {}
+    for name, counters in COUNTERS.items():
+        for outcome in LimitCounters.__slots__:
+            out[(name, outcome)] = getattr(counters, outcome)
+    return out
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+
+class RateLimited(HttpError):
+    status, code, message = 429, "rate_limited", "Too many requests; retry after the time in Retry-After."
+
+
+class LimitStoreUnavailable(HttpError):
+    status, code, message = 503, "rate_limit_unavailable", "The rate limit could not be checked; retry shortly."
+
+
+# --- config ---------------------------------------------------------------------------------------------
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|d)\s*$")
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_METHOD = re.compile(r"^[A-Z]+$")
+
+
+class _Item(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Names the counter (shared by limits of the same name) and the header item.")
+    key: str = Field("ip", description="ip, consumer, api_key, route, global, header:<name> or claim:<name>.")
+    methods: list[str] = Field(default_factory=list, description="Only these methods; every method when empty.")
+    on_failure: Literal["open", "closed"] | None = Field(None, description="Overrides store.on_failure.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"invalid limit name {value!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return check_key(value)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        upper = [m.upper() for m in value]
+        for method in upper:
+            if not _METHOD.match(method):
+                raise ValueError(f"invalid method {method!r}")
+        return upper
+
+
+class RateLimitSpec(_Item):
+    rate: str = Field(description="N/s, N/m, N/h or N/d: the sustained rate.")
+    burst: int = Field(0, ge=0, description="Extra requests allowed at once on top of N.")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        match = _RATE.match(str(value))
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(f"invalid rate {value!r}: expected N/s, N/m, N/h or N/d with N >= 1, e.g. 100/s")
+        return value
+
+    @property
+    def rule(self) -> RateRule:
+        match = _RATE.match(self.rate)
+        assert match is not None
+        return RateRule.of(int(match.group(1)), _PERIODS[match.group(2)], self.burst)
+
+
+class ConcurrencySpec(_Item):
+    max: int = Field(gt=0, description="Requests of one key in flight at once; 429 beyond.")
+
+
+class RateLimitConfig(PluginConfig):
+    limits: list[RateLimitSpec] = Field(default_factory=list)
+    concurrency: list[ConcurrencySpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RateLimitConfig:
+        names = [item.name for item in [*self.limits, *self.concurrency]]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"limit names must be unique within rate_limit: {', '.join(duplicates)}")
+        return self
+
+
+# --- compiled -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """Everything about the limits that apply to one method, decided at compile time."""
+
+    plan: DecisionPlan
+    keys: tuple[KeyFunction, ...]  # rate keys, then slot keys
+    names: tuple[str, ...]
+    closed: bool  # some limit fails closed
+    policy: bytes  # the RateLimit-Policy value (empty without rate limits)
+    items: tuple[bytes, ...]  # per rate limit: b'"name";r='
+    counters: tuple[LimitCounters, ...]
+
+
+def _sf_string(value: str) -> bytes:
+    return b'"' + value.encode("ascii") + b'"'  # names are [A-Za-z0-9_.-]: nothing to escape
+
+
+class RateLimitPlugin(Plugin):
+    name = "rate_limit"
+    priority = 900  # after the authenticators and `allow` (consumer and claims known), before rewrites
+    Config = RateLimitConfig
+    config: RateLimitConfig
+
+    def __init__(self, config: RateLimitConfig, route: Route | None, build: BuildContext) -> None:
+        super().__init__(config, route, build)
+        self.store: LimitStore = shared_store(build)
+        self._memory = self.store if isinstance(self.store, MemoryStore) else None
+        settings = build.gateway.store
+        self._default_failure = settings.on_failure if settings is not None else "open"
+        self._api_key_header = _api_key_header(route, build)
+        methods = {m for item in [*config.limits, *config.concurrency] for m in item.methods}
+        self._by_method = {m: self._compile(m) for m in sorted(methods)}
+        self._other = self._compile(None)
+
+    def _compile(self, method: str | None) -> Applicable | None:
+        def applies(item: _Item) -> bool:
+            return not item.methods or (method is not None and method in item.methods)
+
+        rates = [item for item in self.config.limits if applies(item)]
+        slots = [item for item in self.config.concurrency if applies(item)]
+        if not rates and not slots:
+            return None
+        items: list[_Item] = [*rates, *slots]
+        names = tuple(item.name for item in items)
+        return Applicable(
+            plan=DecisionPlan(tuple(r.rule for r in rates), tuple(s.max for s in slots)),
+            keys=tuple(key_function(i.name, i.key, self._api_key_header) for i in items),
+            names=names,
+            closed=any((i.on_failure or self._default_failure) == "closed" for i in items),
+            policy=b", ".join(
+                _sf_string(r.name) + b";q=%d;w=%d" % (r.rule.capacity, r.rule.period) for r in rates
+            ),
+            items=tuple(_sf_string(r.name) + b";r=" for r in rates),
+            counters=tuple(counters_for(n) for n in names),
+        )
+
+    async def startup(self) -> None:
+        await self.store.start()
+
+    async def shutdown(self) -> None:
+        await self.store.close()
+
+    async def on_request(self, ctx: RequestContext) -> Reply | None:
+        applicable = self._by_method.get(ctx.method, self._other) if self._by_method else self._other
+        if applicable is None:
+            return None
+        keys = [key(ctx) for key in applicable.keys]
+        try:
+            if self._memory is not None:  # no await, no coroutine: the in-process store answers at once
+                verdict = self._memory.decide_now(applicable.plan, keys)
+            else:
+                verdict = await self.store.decide(applicable.plan, keys)
+        except StoreUnavailable:
+            for counters in applicable.counters:
+                counters.store_error += 1
+            if applicable.closed:
+                raise LimitStoreUnavailable(headers=[(b"retry-after", b"1")]) from None
+            return None
+        state = ctx.state
+        if state is None:
+            state = ctx.state = {}
+        state["rate_limit"] = (applicable, verdict)
+        if verdict.allowed:
+            for counters in applicable.counters:
+                counters.admitted += 1
+            if verdict.token is not None:
+                state["rate_limit_slots"] = (applicable.plan, keys, verdict.token)
+            return None
+        for index, counters in enumerate(applicable.counters):
+            if verdict.denied >> index & 1:
+                counters.limited += 1
+        retry = max(1, ceil_seconds(verdict.retry_after_us))
+        raise RateLimited(headers=[(b"retry-after", b"%d" % retry)])
+
+    def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
+        state = ctx.state
+        if not state:
+            return
+        entry = state.get("rate_limit")
+        if entry is None:
+            return
+        applicable, verdict = entry
+        if applicable.policy:
+            head.headers.append((b"ratelimit-policy", applicable.policy))
+            head.headers.append((b"ratelimit", ratelimit_value(applicable, verdict)))
+
+    def on_log(self, ctx: RequestContext, summary: RequestSummary) -> None:
+        state = ctx.state
+        if state:
+            held = state.pop("rate_limit_slots", None)
+            if held is not None:
+                plan, keys, token = held
+                self.store.release(plan, keys, token)
+
+
+def ratelimit_value(applicable: Applicable, verdict: Verdict) -> bytes:
+    items = applicable.items
+    if len(items) == 1:
+        return items[0] + b"%d;t=%d" % (verdict.remaining[0], -(-verdict.reset_us[0] // MICROS))
+    return b", ".join([
+        item + b"%d;t=%d" % (remaining, ceil_seconds(reset))
+        for item, remaining, reset in zip(items, verdict.remaining, verdict.reset_us, strict=False)
+    ])
+
+
+def _api_key_header(route: Route | None, build: BuildContext) -> bytes:
+    """The header the api_key plugin of this route (or the global one) reads, else X-Api-Key."""
+    for section in ((route.plugins if route else {}), build.gateway.plugins):
+        settings = section.get("api_key")
+        if isinstance(settings, dict) and isinstance(settings.get("header"), str):
+            return str(settings["header"]).lower().encode("latin-1")
+    return b"x-api-key"
