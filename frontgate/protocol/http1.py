@@ -195,27 +195,17 @@ def split_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def split_block(block: bytes) -> list[tuple[bytes, bytes]]:
-    """A validated header block (`Name: value\r\n` lines) as (lowercase name, value) pairs."""
-    pairs = []
-    for line in block.split(b"\r\n"):
-        if line:
-            name, _, value = line.partition(b":")
-            pairs.append((name.strip().lower(), value.strip(b" \t")))
-    return pairs
-
-
 def forwarded_response_head(
     status: int,
-    block: bytes,
+    lines: list[bytes],
     content_length: int | None,
     date_line: bytes,
     head_only: bool,
     client_version: str,
     close: bool,
 ) -> tuple[bytes, bool, bool]:
-    """The head to write for an upstream's response; `block` holds its header lines (`Name: value\r\n`),
-    already stripped of hop-by-hop fields.
+    """The head to write for an upstream's response; `lines` are its headers as `name: value\r\n`, already
+    stripped of hop-by-hop fields.
     `date_line` is the gateway's `date: ...\r\n`, or b"" when the response has its own Date.
 
     Returns (head bytes, chunked: re-chunk the body, close: close after the body). The body keeps the
@@ -223,7 +213,7 @@ def forwarded_response_head(
     clients learn its end from the connection closing.
     """
     # `date_line` is empty when the upstream sent its own Date (RFC 9110 §6.6.1: else the gateway adds one).
-    parts = [STATUS_LINES.get(status) or status_line(status), date_line, block]
+    parts = [STATUS_LINES.get(status) or status_line(status), date_line, *lines]
     chunked = False
     if content_length is not None:
         parts.append(b"content-length: %d\r\n" % content_length)

@@ -24,7 +24,7 @@ from frontgate.protocol.http1 import (
     RequestFraming,
     chunk,
     forwarded_response_head,
-    split_block,
+    split_lines,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
@@ -32,7 +32,6 @@ from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:
-    from frontgate.observability.tracing import Trace
     from frontgate.server.connection import HttpConnection
 
 log = logging.getLogger("frontgate.exchange")
@@ -81,11 +80,6 @@ class Exchange:
     _try_timer: asyncio.TimerHandle | None = None
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
-    # Observability: each try as (cluster, target, started, ended, ok) when metrics, traces or the access
-    # log will read it; the request's trace context when tracing is on (see frontgate/observability/).
-    tries: list[tuple[UpstreamCluster, Target, float, float, bool]] | None = None
-    try_started = 0.0
-    trace: Trace | None = None
 
     def __init__(
         self,
@@ -109,8 +103,6 @@ class Exchange:
         self.body_complete = self.upstream_body_done = not (framing.chunked or framing.content_length)
         self._pending: list[bytes] = []
         self._tried: list[Target] = []
-        if conn.gateway.record_tries:
-            self.tries = []
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -255,7 +247,6 @@ class Exchange:
             self.fail(CircuitOpen())
             return
         self.attempts += 1
-        self.try_started = time.monotonic()
         self.target = target
         self.target_url = target.url
         self._tried.append(target)
@@ -308,11 +299,7 @@ class Exchange:
             remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
             deadline_line = b"\r\nx-request-deadline: %d\r\n" % remaining_ms
         parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host, deadline_line]
-        tracer = self.conn.gateway.tracer
-        traceparent = tracer.upstream_traceparent(self) if tracer is not None else None  # may edit the lines
         parts += ctx.header_lines()
-        if traceparent is not None:
-            parts.append(traceparent)
         if self.framing.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif self.framing.content_length is not None:
@@ -334,8 +321,6 @@ class Exchange:
         if target is None or cluster is None:
             return
         self.target = None
-        if self.tries is not None:
-            self.tries.append((cluster, target, self.try_started, time.monotonic(), ok))
         target.pool.in_flight -= 1
         cluster.state.in_flight -= 1
         target.state.requests += 1
@@ -405,7 +390,7 @@ class Exchange:
 
     # --- ResponseReceiver -------------------------------------------------------------------------
 
-    def response_head(self, status: int, block: bytes, chunked: bool, content_length: int | None) -> None:
+    def response_head(self, status: int, lines: list[bytes], chunked: bool, content_length: int | None) -> None:
         if self.finished:
             return
         route = self.route
@@ -428,17 +413,17 @@ class Exchange:
         named = upstream.named_hop_by_hop - _PLAIN_CONNECTION_TOKENS
         if named or route.response_hooks:
             # Taken apart only when something looks: the fields named by Connection go, hooks see pairs.
-            head = ResponseHead(status, [pair for pair in split_block(block) if pair[0] not in named])
+            head = ResponseHead(status, [pair for pair in split_lines(lines) if pair[0] not in named])
             for hook in route.response_hooks:
                 hook(self.ctx, head)
             status = head.status
-            block = b"".join([name + b": " + value + b"\r\n" for name, value in head.headers])
+            lines = [name + b": " + value + b"\r\n" for name, value in head.headers]
             has_date = any(name == b"date" for name, _ in head.headers)
         else:
             has_date = upstream.has_date
         conn = self.conn
         data, self._chunked_out, close = forwarded_response_head(
-            status, block, None if chunked else content_length,
+            status, lines, None if chunked else content_length,
             b"" if has_date else conn.gateway.date_line,
             self.head_only, self.ctx.http_version, not self.keep_alive or conn.gateway.draining,
         )

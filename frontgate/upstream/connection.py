@@ -9,7 +9,6 @@ when the client is slow.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Protocol, cast
 
 import httptools
@@ -17,15 +16,8 @@ import httptools
 from frontgate.errors import BadGateway, HttpError
 from frontgate.protocol.http1 import HOP_BY_HOP, header_tokens
 
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close"})
-# Over a response head that llhttp already validated (so every line is `name: value`):
-_NOT_RELAYED_LINE = re.compile(
-    b"^(?:" + b"|".join(sorted(HOP_BY_HOP | {b"content-length"})) + rb")[ \t]*:[^\r\n]*\r\n", re.I | re.M
-)
-_CONTENT_LENGTH = re.compile(rb"^content-length[ \t]*:[ \t]*(\d+)", re.I | re.M)
-_TRANSFER_ENCODING = re.compile(rb"^transfer-encoding[ \t]*:([^\r\n]*)", re.I | re.M)
-_CONNECTION = re.compile(rb"^connection[ \t]*:([^\r\n]*)", re.I | re.M)
-_DATE = re.compile(rb"^date[ \t]*:", re.I | re.M)
 
 
 class UpstreamReset(BadGateway):
@@ -39,9 +31,8 @@ class UpstreamProtocolError(BadGateway):
 
 
 class ResponseReceiver(Protocol):
-    def response_head(self, status: int, block: bytes, chunked: bool, content_length: int | None) -> None:
-        """`block` holds the relayed header lines (`Name: value\r\n` each, as the upstream spelled them),
-        hop-by-hop fields and Content-Length removed."""
+    def response_head(self, status: int, lines: list[bytes], chunked: bool, content_length: int | None) -> None:
+        """`lines` are the relayed headers, `name: value\r\n` with lowercase names, hop-by-hop ones gone."""
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def upstream_failed(self, error: HttpError, response_started: bool) -> None: ...
@@ -53,9 +44,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_content_length",
-        "_head_buffer",
-        "_head_offset",
         "_head_only",
+        "_lines",
         "_parser",
         "_receiver",
         "closed",
@@ -71,8 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._receiver: ResponseReceiver | None = None
-        self._head_buffer = b""  # the response head's bytes, read in on_headers_complete
-        self._head_offset = 0  # where the next head starts in the buffer (after any 1xx heads)
+        self._lines: list[bytes] = []  # relayed response headers as `name: value\r\n`
         self.has_date = False  # the response carries its own Date
         self.named_hop_by_hop: set[bytes] = set()  # fields the response's Connection header names
         self._chunked = False
@@ -93,8 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Send a request head; `head_only` for HEAD requests, whose responses have no body."""
         assert self.transport is not None
         self._receiver = receiver
-        self._head_buffer = b""
-        self._head_offset = 0
+        self._lines = []
         self.has_date = False
         self.named_hop_by_hop = set()
         self._chunked = False
@@ -138,8 +126,6 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the upstream broke framing or is closing; never reuse it.
             self.close()
             return
-        if not self.response_started:
-            self._head_buffer = self._head_buffer + data if self._head_buffer else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -174,32 +160,37 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------------
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response_started:
+            return  # trailers: not relayed over HTTP/1.1
+        name = name.lower()
+        if name in _NOT_RELAYED:
+            # Framing is redone by the gateway and hop-by-hop fields end here (RFC 9110 §7.6.1).
+            if name == b"content-length":
+                self._content_length = int(value)
+            elif name == b"transfer-encoding":
+                self._chunked = value.strip().lower().endswith(b"chunked")
+            elif name == b"connection" and value.lower() not in _PLAIN_CONNECTION_VALUES:
+                self.named_hop_by_hop.update(header_tokens(value))
+            return
+        if name == b"date":
+            self.has_date = True
+        self._lines.append(name + b": " + value + b"\r\n")
+
     def on_headers_complete(self) -> None:
-        # No on_header callback: the head was buffered and is read here in one go, with a few regular
-        # expressions over the whole block rather than a Python call per header.
-        buffer = self._head_buffer
-        end = buffer.find(b"\r\n\r\n", self._head_offset)
-        start = buffer.find(b"\r\n", self._head_offset) + 2  # past the status line
-        block = buffer[start : end + 2] if start - 2 < end else b""
-        self._head_offset = end + 4
         status = self._parser.get_status_code()
         if status < 200:
-            return  # 1xx interim responses end here; the gateway answers 100-continue itself
+            # 1xx interim responses are consumed here; the gateway answers 100-continue itself.
+            self._lines = []
+            self.has_date = False
+            self.named_hop_by_hop = set()
+            self._content_length = None
+            self._chunked = False
+            return
         self.response_started = True
-        self._head_buffer = b""
-        length = _CONTENT_LENGTH.search(block)
-        self._content_length = int(length.group(1)) if length else None
-        codings = _TRANSFER_ENCODING.findall(block)
-        self._chunked = bool(codings) and codings[-1].strip().lower().endswith(b"chunked")
-        self.has_date = _DATE.search(block) is not None
-        for value in _CONNECTION.findall(block):
-            if value.strip().lower() not in _PLAIN_CONNECTION_VALUES:
-                self.named_hop_by_hop.update(header_tokens(value))
-        # Hop-by-hop fields end here and the gateway redoes the framing (RFC 9110 §7.6.1).
-        relayed = _NOT_RELAYED_LINE.sub(b"", block)
         receiver = self._receiver
         if receiver is not None:
-            receiver.response_head(status, relayed, self._chunked, self._content_length)
+            receiver.response_head(status, self._lines, self._chunked, self._content_length)
         if self._head_only and self._receiver is not None:
             # llhttp cannot be told this answers a HEAD, so it would wait for the announced body. The
             # exchange ends here and the next response starts on a fresh parser.

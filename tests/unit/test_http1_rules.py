@@ -22,7 +22,7 @@ from frontgate.protocol.http1 import (
     host_without_port,
     inspect_request_head,
     render_response,
-    split_block,
+    split_lines,
     status_line,
 )
 
@@ -402,8 +402,8 @@ def test_upstream_response_loses_hop_fields_connection_named_fields_and_content_
     class Receiver:
         head: list[tuple[bytes, bytes]] = []
 
-        def response_head(self, status: int, block: bytes, chunked: bool, length: int | None) -> None:
-            Receiver.head = [(n, v) for n, v in split_block(block) if n not in upstream.named_hop_by_hop]
+        def response_head(self, status: int, lines: list[bytes], chunked: bool, length: int | None) -> None:
+            Receiver.head = [(n, v) for n, v in split_lines(lines) if n not in upstream.named_hop_by_hop]
 
         def response_body(self, data: bytes) -> None: ...
         def response_complete(self, reusable: bool) -> None: ...
@@ -429,8 +429,8 @@ def test_upstream_response_loses_hop_fields_connection_named_fields_and_content_
 def _relay(status: int = 200, headers: Headers | None = None, content_length: int | None = None,
            head_only: bool = False, version: str = "1.1", close: bool = False) -> tuple[list[bytes], bool, bool]:
     has_date = any(name == b"date" for name, _ in headers or [])  # the upstream connection tracks this
-    block = b"".join(name + b": " + value + b"\r\n" for name, value in headers or [])
-    raw, chunked, closing = forwarded_response_head(status, block, content_length, b"" if has_date else DATE,
+    lines = [name + b": " + value + b"\r\n" for name, value in headers or []]
+    raw, chunked, closing = forwarded_response_head(status, lines, content_length, b"" if has_date else DATE,
                                                     head_only, version, close)
     assert raw.endswith(b"\r\n\r\n")
     return raw[:-4].split(b"\r\n"), chunked, closing
