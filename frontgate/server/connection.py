@@ -69,7 +69,8 @@ class HttpConnection(asyncio.Protocol):
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
-        self._forwarding_static: tuple[bytes, ...] = ()
+        self._forwarding_lines: tuple[bytes, ...] = ()
+        self._forwarding_for: bytes | None = b"\0"  # the Host the lines above were made for
         self._forwarded_node = b""
         self._parser = httptools.HttpRequestParser(self)
         self._limits = gateway.runtime.config.server.limits
@@ -114,10 +115,6 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer_ip = peer[0] if peer else ""
-        self._forwarding_static = (
-            b"x-forwarded-for: " + peer_ip.encode("ascii") + b"\r\n",
-            b"x-forwarded-proto: " + self.scheme.encode("ascii") + b"\r\n",
-        )
         self._forwarded_node = forwarded_node(peer_ip, self.scheme)
         gateway = self.gateway
         if len(gateway.connections) >= self._limits.max_connections or gateway.draining:
@@ -290,9 +287,10 @@ class HttpConnection(asyncio.Protocol):
             host = host_without_port(host_field)
 
         lines = self._lines
-        named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
-        if named:  # `Connection: x-foo` makes x-foo hop-by-hop too
-            lines = [line for line in lines if line[: line.index(b":")] not in named]
+        if framing.connection_tokens:
+            named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
+            if named:  # `Connection: x-foo` makes x-foo hop-by-hop too
+                lines = [line for line in lines if line[: line.index(b":")] not in named]
         ctx = RequestContext(method, path, query, None, host, self.peer_ip, self.peer_ip, self.scheme, version, lines)
         client_fields = self._forwarding_fields
         if client_fields and runtime.is_trusted(self.peer_ip):
@@ -300,13 +298,10 @@ class HttpConnection(asyncio.Protocol):
             add_forwarding_headers(ctx.headers, client_fields, self.peer_ip, self.scheme, framing.host)
         else:
             # The common case, from bytes made once per connection: the chain starts at this peer.
-            lines += self._forwarding_static  # one element per header line: ctx.headers splits them
-            if framing.host:
-                # Host was validated (no quotes or backslashes), so it can be quoted as it is.
-                lines.append(b"x-forwarded-host: " + framing.host + b"\r\n")
-                lines.append(b"forwarded: " + self._forwarded_node + b';host="' + framing.host + b'"\r\n')
-            else:
-                lines.append(b"forwarded: " + self._forwarded_node + b"\r\n")
+            if host_field != self._forwarding_for:
+                self._forwarding_lines = self._make_forwarding_lines(host_field)
+                self._forwarding_for = host_field
+            lines += self._forwarding_lines
 
         try:
             route = runtime.router.match(method, host, path, ctx.headers if runtime.routes_on_headers else ())
@@ -316,6 +311,19 @@ class HttpConnection(asyncio.Protocol):
         if framing.content_length is not None and framing.content_length > route.max_body_bytes:
             raise PayloadTooLarge()  # before reading a byte of it
         return Exchange(self, runtime, ctx, framing, route, None)
+
+    def _make_forwarding_lines(self, host_field: bytes | None) -> tuple[bytes, ...]:
+        """This hop's forwarding fields as header lines (one element per line: ctx.headers splits them),
+        made once per connection and Host."""
+        lines = [b"x-forwarded-for: " + self.peer_ip.encode("ascii") + b"\r\n",
+                 b"x-forwarded-proto: " + self.scheme.encode("ascii") + b"\r\n"]
+        if host_field:
+            # Host was validated (no quotes or backslashes), so it can be quoted as it is.
+            lines.append(b"x-forwarded-host: " + host_field + b"\r\n")
+            lines.append(b"forwarded: " + self._forwarded_node + b';host="' + host_field + b'"\r\n')
+        else:
+            lines.append(b"forwarded: " + self._forwarded_node + b"\r\n")
+        return tuple(lines)
 
     # --- flow control -----------------------------------------------------------------------------
 
