@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.eager import start_eagerly
 from frontgate.protocol.http1 import (
     CONTINUE_100,
     LAST_CHUNK,
@@ -32,6 +33,7 @@ from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:
+    from frontgate.observability.tracing import Trace
     from frontgate.server.connection import HttpConnection
 
 log = logging.getLogger("frontgate.exchange")
@@ -80,6 +82,11 @@ class Exchange:
     _try_timer: asyncio.TimerHandle | None = None
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
+    # Observability: each try as (cluster, target, started, ended, ok) when metrics, traces or the access
+    # log will read it; the request's trace context when tracing is on (see frontgate/observability/).
+    tries: list[tuple[UpstreamCluster, Target, float, float, bool]] | None = None
+    try_started = 0.0
+    trace: Trace | None = None
 
     def __init__(
         self,
@@ -103,6 +110,8 @@ class Exchange:
         self.body_complete = self.upstream_body_done = not (framing.chunked or framing.content_length)
         self._pending: list[bytes] = []
         self._tried: list[Target] = []
+        if conn.gateway.record_tries:
+            self.tries = []
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -111,7 +120,9 @@ class Exchange:
         if route is None:
             self.fail(self.error or HttpError())
         elif route.request_hooks or self.framing.expect_continue:
-            self._task = asyncio.get_running_loop().create_task(self._run(route))
+            task = start_eagerly(self._run(route), self.conn.loop)
+            if task is not None:  # it waits for something (not just hooks that answered at once)
+                self._task = task
         else:
             self._dispatch(route)  # nothing to await before the upstream: no task at all
 
@@ -247,6 +258,7 @@ class Exchange:
             self.fail(CircuitOpen())
             return
         self.attempts += 1
+        self.try_started = time.monotonic()
         self.target = target
         self.target_url = target.url
         self._tried.append(target)
@@ -299,7 +311,11 @@ class Exchange:
             remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
             deadline_line = b"\r\nx-request-deadline: %d\r\n" % remaining_ms
         parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host, deadline_line]
+        tracer = self.conn.gateway.tracer
+        traceparent = tracer.upstream_traceparent(self) if tracer is not None else None  # may edit the lines
         parts += ctx.header_lines()
+        if traceparent is not None:
+            parts.append(traceparent)
         if self.framing.chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         elif self.framing.content_length is not None:
@@ -321,6 +337,8 @@ class Exchange:
         if target is None or cluster is None:
             return
         self.target = None
+        if self.tries is not None:
+            self.tries.append((cluster, target, self.try_started, time.monotonic(), ok))
         target.pool.in_flight -= 1
         cluster.state.in_flight -= 1
         target.state.requests += 1
