@@ -137,8 +137,12 @@ class UpstreamCluster:
             if config.outlier is None:
                 target.state.outlier = None
             else:
-                outlier_settings = OutlierSettings(config.outlier.consecutive_failures, config.outlier.eject_for,
-                                                   config.outlier.max_ejected)
+                outlier = config.outlier
+                outlier_settings = OutlierSettings(
+                    consecutive_failures=outlier.consecutive_failures, eject_for=outlier.eject_for,
+                    max_ejected=outlier.max_ejected, failure_ratio=outlier.failure_ratio,
+                    min_requests=outlier.min_requests, window=outlier.window,
+                )
                 if target.state.outlier is None:
                     target.state.outlier = OutlierTracker(target.state.name, outlier_settings, registry.clock)
                 target.state.outlier.settings = outlier_settings

@@ -131,6 +131,9 @@ class CircuitBreaker:
 class OutlierSettings:
     consecutive_failures: int = 5
     eject_for: float = 30.0
+    failure_ratio: float | None = None  # also eject when this share of the window's requests failed
+    min_requests: int = 20
+    window: float = 10.0
     max_ejected: float = 0.5  # share of an upstream's targets that may be out at once
     max_eject_for: float = 300.0
 
@@ -147,18 +150,38 @@ class OutlierTracker:
         self.consecutive = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        self._window: deque[tuple[float, bool]] = deque()  # (when, ok) of recent requests, for failure_ratio
 
     def ejected(self) -> bool:
         return self.ejected_until > self._clock()
 
+    def _ratio_exceeded(self, ok: bool) -> bool:
+        now = self._clock()
+        window = self._window
+        window.append((now, ok))
+        horizon = now - self.settings.window
+        while window and window[0][0] < horizon:
+            window.popleft()
+        if ok or len(window) < self.settings.min_requests:
+            return False
+        failures = sum(1 for _, good in window if not good)
+        ratio = self.settings.failure_ratio
+        if ratio is not None and failures / len(window) >= ratio:
+            window.clear()  # judged: the next ejection needs a fresh window
+            return True
+        return False
+
     def record(self, ok: bool, may_eject: Callable[[], bool]) -> None:
+        if self.settings.failure_ratio is not None and self._ratio_exceeded(ok):
+            self.consecutive = self.settings.consecutive_failures  # eject now, as a run of failures would
+            ok = False
         if ok:
             self.consecutive = 0
             # Good service for a while after coming back lets the next ejection be short again.
             if self.ejections and self._clock() - self.ejected_until > self.settings.eject_for:
                 self.ejections -= 1
             return
-        self.consecutive += 1
+        self.consecutive = min(self.consecutive + 1, self.settings.consecutive_failures)
         if self.consecutive < self.settings.consecutive_failures or self.ejected():
             return
         if not may_eject():

@@ -272,3 +272,17 @@ def test_retry_budget_limits_retries_under_a_storm(tmp_path: Path, servers: list
         # Without a budget 10 requests x 3 attempts = 30; 10% of 10 in flight allows one retry at a time.
         assert len(broken.requests) < 20
         assert _status(gw)["upstreams"]["app"]["retry_budget_exhausted"] > 0
+
+
+def test_a_target_that_resets_is_retried_elsewhere_when_reset_is_listed(
+    tmp_path: Path, servers: list[RecordingUpstream]
+) -> None:
+    resetting = _start(servers, lambda r, s: None)  # reads the request, then closes without answering
+    good = _start(servers, _answer(200, "good"))
+    route = {"name": "r", "match": {"paths": ["/"]}, "to": "app",
+             "retry": {"attempts": 2, "retry_on": ["reset"], "backoff": {"base": "5ms"}}}
+    with _gateway(tmp_path, {"app": {"targets": [resetting.url, good.url]}}, [route]) as gw, \
+            httpx.Client(timeout=5) as client:
+        served = [client.get(gw.url("/x")).json()["served_by"] for _ in range(6)]
+        assert served == ["good"] * 6
+        assert len(resetting.requests) >= 1

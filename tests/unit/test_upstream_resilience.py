@@ -152,3 +152,15 @@ def test_consistent_hashing_moves_few_keys_when_a_target_is_added() -> None:
     assert 0.15 < len(moved) / len(keys) < 0.35  # about a quarter, not a reshuffle
     spread = Counter(before.values())
     assert min(spread.values()) > 500
+
+
+def test_outlier_failure_ratio_ejects_a_target_that_fails_often_but_not_in_a_row() -> None:
+    clock = FakeClock()
+    tracker = OutlierTracker("t", OutlierSettings(consecutive_failures=100, eject_for=10, failure_ratio=0.5,
+                                                  min_requests=10, window=10), clock)
+    for i in range(9):
+        tracker.record(i % 2 == 0, lambda: True)  # alternating: never two failures in a row
+        clock.now += 0.1
+    assert not tracker.ejected()
+    tracker.record(False, lambda: True)  # the tenth request: 5 of 10 failed
+    assert tracker.ejected()
