@@ -83,7 +83,9 @@ def test_refused_target_is_retried_on_another_by_default(tmp_path: Path, servers
         assert len(good.requests) == 6
 
 
-def test_5xx_is_retried_up_to_attempts_for_idempotent_requests(tmp_path: Path, servers: list[RecordingUpstream]) -> None:
+def test_5xx_is_retried_up_to_attempts_for_idempotent_requests(
+    tmp_path: Path, servers: list[RecordingUpstream]
+) -> None:
     flaky = _start(servers, Flaky(failures=2))
     upstreams = {"app": {"targets": [flaky.url]}}
     route = {"name": "r", "match": {"paths": ["/"]}, "to": "app",
