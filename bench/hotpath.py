@@ -11,6 +11,7 @@ other load on the machine barely moves it. Use it to compare commits; use bench/
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from typing import Any
@@ -21,7 +22,10 @@ from frontgate.server.connection import HttpConnection
 from frontgate.server.gateway import Gateway
 from frontgate.upstream.connection import UpstreamConnection
 
-REQUEST = (b"GET /plain HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
+# BENCH_HEADER (as for bench/run.sh) adds one header, e.g. a token for an auth config.
+_EXTRA = os.environ.get("BENCH_HEADER", "").encode()
+REQUEST = (b"GET /plain HTTP/1.1\r\nHost: bench.local\r\nUser-Agent: wrk\r\nAccept: */*\r\n"
+           + (_EXTRA + b"\r\n" if _EXTRA else b"") + b"\r\n")
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 28 Nov 2026 00:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n")
 

@@ -1,8 +1,8 @@
 """How auth plugins sit in a route's chain.
 
-- Every auth plugin is an `AuthPlugin`: `authenticate(ctx)` finds and checks a credential without changing
-  the request; `apply` then records who is calling (`ctx.consumer`, `ctx.claims`, `X-Consumer`, forwarded
-  claim headers) and strips the credential if configured to.
+- Every auth plugin is an `AuthPlugin` (frontgate/plugins/auth_base.py): `authenticate(ctx)` finds and
+  checks a credential without changing the request; `apply` then records who is calling (`ctx.consumer`,
+  `ctx.claims`, `X-Consumer`, forwarded claim headers) and strips the credential if configured to.
 - Without `auth_any`, each configured auth plugin is its own hook and each must pass.
 - With `auth_any: [a, b]`, one composite hook at the place of the first listed plugin tries them in the order
   given; the first that succeeds wins, and the request is refused only when all fail.
@@ -15,20 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from frontgate.auth.consumers import ConsumerTable, consumer_table
+from frontgate.auth.checks import AUTH_PLUGIN_NAMES
 from frontgate.auth.credentials import Location, remove_location
-from frontgate.auth.errors import AuthFailure, AuthUnavailable, Forbidden, Unauthorized, invalid
+from frontgate.auth.errors import AuthFailure, AuthUnavailable, Forbidden, Unauthorized
 from frontgate.auth.metrics import record_failure
 from frontgate.config.schema import GatewayConfig, Route
 from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext
-from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+
+if TYPE_CHECKING:  # frontgate.plugins imports this module through the auth plugins
+    from frontgate.plugins.base import BuildContext, Plugin
 
 RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 
-AUTH_PLUGIN_NAMES = ("jwt", "api_key", "oauth2_introspection")
 CONSUMER_HEADER = b"x-consumer"
 WWW_AUTHENTICATE = b"www-authenticate"
 
@@ -38,56 +39,43 @@ class Identity:
     consumer: str | None = None
     claims: dict[str, Any] | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # set upstream
+    _changes: tuple[frozenset[bytes], tuple[bytes, ...], list[bytes]] | None = None
+
+    def header_changes(
+        self, credential_headers: frozenset[bytes], consumer_header: bytes
+    ) -> tuple[tuple[bytes, ...], list[bytes]]:
+        """(`b"name: "` prefixes of the header lines to drop, header lines to append), worked out once per
+        identity: a cached JWT's identity serves every request carrying that token."""
+        cached = self._changes
+        if cached is not None and cached[0] is credential_headers:
+            return cached[1], cached[2]
+        outgoing = list(self.headers)
+        if self.consumer is not None:
+            outgoing.insert(0, (consumer_header, self.consumer.encode("utf-8")))
+        names = credential_headers | {name for name, _ in outgoing}
+        drop = tuple(name + b": " for name in sorted(names))
+        lines = [name + b": " + value + b"\r\n" for name, value in outgoing]
+        self._changes = (credential_headers, drop, lines)
+        return drop, lines
 
 
-class AuthPlugin(Plugin):
-    """Base of the authenticators (jwt, api_key, oauth2_introspection)."""
+class Authenticator(Protocol):
+    """What `frontgate.plugins.auth_base.AuthPlugin` offers the combinators here."""
 
-    scheme: ClassVar[bytes] = b"Bearer"
+    name: ClassVar[str]
 
-    def __init__(self, config: PluginConfig, route: Route | None, build: BuildContext) -> None:
-        super().__init__(config, route, build)
-        self.consumers: ConsumerTable = consumer_table(build.shared, build.gateway.consumers)
+    async def authenticate(self, ctx: RequestContext) -> Identity: ...
 
-    async def authenticate(self, ctx: RequestContext) -> Identity:
-        """Find and check the credential; raise `AuthFailure`. Must not change the request."""
-        raise NotImplementedError
+    def credential_locations(self) -> tuple[Location, ...]: ...
 
-    def credential_locations(self) -> tuple[Location, ...]:
-        return ()
+    def strips_credential(self) -> bool: ...
 
-    def strips_credential(self) -> bool:
-        return False
+    def challenge(self, failure: AuthFailure) -> bytes: ...
 
-    def challenge(self, failure: AuthFailure) -> bytes:
-        """The `WWW-Authenticate` value for a 401 (RFC 6750 §3 for Bearer)."""
-        if failure.kind == "missing":
-            return self.scheme
-        return self.scheme + b' error="invalid_token"'
-
-    def apply(self, ctx: RequestContext, identity: Identity) -> None:
-        if self.strips_credential():
-            for location in self.credential_locations():
-                remove_location(ctx, location)
-        if identity.consumer is not None:
-            if ctx.consumer is not None and ctx.consumer != identity.consumer:
-                raise invalid("consumer_mismatch")  # two required credentials naming different callers
-            ctx.consumer = identity.consumer
-            ctx.set_header(CONSUMER_HEADER, identity.consumer.encode("utf-8"))
-        if identity.claims is not None and ctx.claims is None:
-            ctx.claims = identity.claims
-        for name, value in identity.headers:
-            ctx.set_header(name, value)
-
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
-        try:
-            self.apply(ctx, await self.authenticate(ctx))
-        except AuthFailure as failure:
-            raise rejection(ctx, [(self, failure)]) from None
-        return None
+    def apply(self, ctx: RequestContext, identity: Identity) -> None: ...
 
 
-def rejection(ctx: RequestContext, failures: Sequence[tuple[AuthPlugin, AuthFailure]]) -> HttpError:
+def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthFailure]]) -> HttpError:
     """Count every failure and pick the answer: 403 if some credential was good but not enough, 503 if one
     could not be checked, else 401 with one challenge per authenticator tried."""
     for plugin, failure in failures:
@@ -105,12 +93,12 @@ def rejection(ctx: RequestContext, failures: Sequence[tuple[AuthPlugin, AuthFail
     return Unauthorized(headers=challenges)
 
 
-def any_of(members: Sequence[AuthPlugin]) -> RequestHook:
+def any_of(members: Sequence[Authenticator]) -> RequestHook:
     """One hook trying `members` in order; the first that authenticates wins."""
     members = tuple(members)
 
     async def authenticate_any(ctx: RequestContext) -> Reply | None:
-        failures: list[tuple[AuthPlugin, AuthFailure]] = []
+        failures: list[tuple[Authenticator, AuthFailure]] = []
         for member in members:
             try:
                 identity = await member.authenticate(ctx)
@@ -159,11 +147,15 @@ def gateway_set_headers(config: GatewayConfig, shared: dict[str, Any]) -> frozen
 
 
 def strip_hook(names: frozenset[bytes]) -> RequestHook:
+    prefixes = tuple(name + b": " for name in names)
+
     async def strip_gateway_headers(ctx: RequestContext) -> Reply | None:
-        headers = ctx.headers
-        for key, _ in headers:
-            if key in names:
-                headers[:] = [(k, v) for k, v in headers if k not in names]
+        # Scan the ready-made `name: value\r\n` lines (lowercase names): most requests carry none of these
+        # headers, and then the header pairs are never built.
+        lines = ctx.header_lines()
+        for line in lines:
+            if line.startswith(prefixes):
+                ctx.set_header_lines([line for line in lines if not line.startswith(prefixes)])
                 break
         return None
 
@@ -179,13 +171,16 @@ def compose_request_hooks(
     if protected and route is not None:
         hooks.append(strip_hook(protected))
     group_names = list(route.auth_any) if route is not None else []
-    members = [p for n in group_names for p in plugins if p.name == n and isinstance(p, AuthPlugin)]
+    members: list[Authenticator] = [
+        p for n in group_names for p in plugins if p.name == n and hasattr(p, "authenticate")  # type: ignore[misc]
+    ]
     grouped = len(members) > 1
+    member_ids = {id(m) for m in members}
     placed = False
     for plugin in plugins:
-        if not plugin.implements("on_request"):
+        if not plugin.uses("on_request"):
             continue
-        if grouped and plugin in members:
+        if grouped and id(plugin) in member_ids:
             if not placed:
                 hooks.append(any_of(members))
                 placed = True

@@ -16,8 +16,28 @@ from frontgate.pipeline.context import RequestContext
 Location = tuple[Literal["header", "query", "cookie"], bytes | str]
 
 
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_header_name(name: str) -> str:
+    """For config validators: a header name is an RFC 9110 token."""
+    if not name or any(c not in _TOKEN_CHARS for c in name):
+        raise ValueError(f"invalid header name {name!r}")
+    return name
+
+
 def header_values(ctx: RequestContext, name: bytes) -> list[bytes]:
-    return [v for k, v in ctx.headers if k == name]
+    """Every value of a header (`name` lowercase), read from the ready-made header lines."""
+    prefix = name + b": "
+    size = len(prefix)
+    return [line[size:-2] for line in ctx.header_lines() if line.startswith(prefix)]
+
+
+def rewrite_headers(ctx: RequestContext, drop: tuple[bytes, ...], add: list[bytes]) -> None:
+    """Drop the header lines starting with any of `drop` (`b"name: "` prefixes) and append `add` lines."""
+    lines = [line for line in ctx.header_lines() if not line.startswith(drop)] if drop else list(ctx.header_lines())
+    lines += add
+    ctx.set_header_lines(lines)
 
 
 def query_values(query: bytes, name: str) -> list[str]:
@@ -67,7 +87,7 @@ def remove_location(ctx: RequestContext, location: Location) -> None:
     kind, name = location
     if kind == "header":
         assert isinstance(name, bytes)
-        ctx.remove_header(name)
+        rewrite_headers(ctx, (name + b": ",), [])
     elif kind == "query":
         assert isinstance(name, str)
         if ctx.query:

@@ -168,6 +168,9 @@ class HealthCheck(Model):
 
 class Outlier(Model):
     consecutive_failures: int = Field(5, ge=1)
+    failure_ratio: Ratio | None = Field(None, description="Also eject when this share of requests fails.")
+    min_requests: int = Field(20, ge=1, description="Requests in the window before failure_ratio applies.")
+    window: Duration = Field(10.0, gt=0, description="The window failure_ratio is measured over.")
     eject_for: Duration = Field(30.0, gt=0, description="Base ejection time; it grows with each repeat.")
     max_ejected: Ratio = Field(0.5, description="Never eject more than this share of the targets.")
 
@@ -385,8 +388,32 @@ class AccessLog(Model):
     to: str = Field("stdout", description="stdout, stderr or a file path.")
 
 
+class Metrics(Model):
+    prometheus: bool = Field(True, description="Serve /metrics (and /dashboard) on the admin listener.")
+
+
+class Tracing(Model):
+    otlp_endpoint: str = Field(
+        description="OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (/v1/traces is added unless present)."
+    )
+    sample_ratio: float = Field(
+        0.1, ge=0, le=1, description="Share of new traces recorded; a caller's sampled flag is honoured."
+    )
+    service_name: str = Field("frontgate", min_length=1, description="The service.name resource attribute.")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"invalid otlp_endpoint {value!r}: expected http(s)://HOST:PORT")
+        return value
+
+
 class Observability(Model):
     access_log: AccessLog | Literal[False] = Field(default_factory=AccessLog)
+    metrics: Metrics = Field(default_factory=Metrics)
+    tracing: Tracing | None = Field(None, description="Off when absent: no trace work on any request.")
 
 
 _API_KEY_HASH = re.compile(r"^sha256:[0-9a-f]{64}$")

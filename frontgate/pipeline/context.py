@@ -12,6 +12,7 @@ from frontgate.protocol.http1 import split_lines
 
 if TYPE_CHECKING:
     from frontgate.config.compile import CompiledRoute
+    from frontgate.observability.tracing import Trace
 
 # Request ids: a random per-process prefix and a counter. Unique across workers and restarts, and far
 # cheaper than uuid4 on the hot path.
@@ -51,6 +52,10 @@ class RequestContext:
     response_headers_add: list[tuple[bytes, bytes]] | None = None
     state: dict[str, Any] | None = None
     _request_id: str | None = None
+    # Observability (frontgate/observability/): the trace context when tracing is on, and when metrics,
+    # traces or the access log are on, each upstream try as [cluster, target, started, ended, ok].
+    trace: Trace | None = None
+    tries: list[list[Any]] | None = None
 
     def __init__(
         self,
@@ -131,13 +136,74 @@ class RequestContext:
 
 
 class ResponseHead:
-    """The upstream's status and headers (lowercase names) before they are written to the client."""
+    """The status and headers (lowercase names) of a response before they are written to the client.
 
-    __slots__ = ("headers", "status")
+    Hooks that only add or replace a field should call `add` / `set`: the upstream's own headers then stay
+    ready-made lines and are never taken apart. Reading or assigning `headers` gives the full pairs.
+    """
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    __slots__ = ("_added", "_dropped", "_headers", "_lines", "status")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]] | None = None,
+                 lines: list[bytes] | None = None) -> None:
         self.status = status
-        self.headers = headers
+        self._headers = headers
+        self._lines = lines if headers is None else None
+        self._added: list[tuple[bytes, bytes]] = []
+        self._dropped: set[bytes] = set()
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        if self._headers is None:
+            pairs = [p for p in split_lines(self._lines or []) if p[0] not in self._dropped]
+            pairs += self._added
+            self._headers, self._lines, self._added = pairs, None, []
+        return self._headers
+
+    @headers.setter
+    def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self._headers, self._lines, self._added = headers, None, []
+
+    def add(self, name: bytes, value: bytes) -> None:
+        if self._headers is not None:
+            self._headers.append((name, value))
+        else:
+            self._added.append((name, value))
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Replace every copy of `name` (lowercase) with this one value."""
+        if self._headers is not None:
+            self._headers[:] = [(k, v) for k, v in self._headers if k != name]
+            self._headers.append((name, value))
+        else:
+            self._dropped.add(name)
+            self._added = [(k, v) for k, v in self._added if k != name]
+            self._added.append((name, value))
+
+    def lines(self) -> list[bytes]:
+        """The headers as `name: value\r\n` lines, ready to write."""
+        if self._headers is not None:
+            return [name + b": " + value + b"\r\n" for name, value in self._headers]
+        lines = self._lines or []
+        if self._dropped:
+            lines = [line for line in lines if line[: line.index(b":")] not in self._dropped]
+        for name, value in self._added:
+            lines.append(name + b": " + value + b"\r\n")
+        return lines
+
+    def has_date(self, upstream_had_date: bool) -> bool:
+        """Does the response carry a Date? Answered without taking the upstream's lines apart."""
+        if self._headers is None and b"date" not in self._dropped:
+            return upstream_had_date or any(k == b"date" for k, _ in self._added)
+        return self.has(b"date")
+
+    def has(self, name: bytes) -> bool:
+        if self._headers is not None:
+            return any(k == name for k, _ in self._headers)
+        if name in self._dropped:
+            return any(k == name for k, _ in self._added)
+        prefix = name + b":"
+        return any(line.startswith(prefix) for line in self._lines or []) or any(k == name for k, _ in self._added)
 
 
 @dataclass(slots=True)

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from frontgate.plugins.allow import AllowPlugin
+from frontgate.plugins.api_key import ApiKeyPlugin
 from frontgate.plugins.base import Plugin
 from frontgate.plugins.body_limit import BodyLimitPlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
+from frontgate.plugins.ip_restriction import IpRestrictionPlugin
+from frontgate.plugins.jwt import JwtPlugin
+from frontgate.plugins.oauth2_introspection import IntrospectionPlugin
+from frontgate.plugins.rate_limit import RateLimitPlugin
 from frontgate.plugins.request_id import RequestIdPlugin
 from frontgate.plugins.rewrite import RewritePlugin
 
 REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
-    for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin)
+    for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
+                JwtPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
+                RateLimitPlugin)
 }
 
 

@@ -64,3 +64,8 @@ class Plugin:
     @classmethod
     def implements(cls, hook: str) -> bool:
         return getattr(cls, hook) is not getattr(Plugin, hook)
+
+    def uses(self, hook: str) -> bool:
+        """Should the chain call `hook` on this instance? By default when the class implements it; a plugin
+        whose config leaves a hook with nothing to do says no, so the hook costs nothing per request."""
+        return self.implements(hook)

@@ -255,8 +255,13 @@ class RateLimitPlugin(Plugin):
             return
         applicable, verdict = entry
         if applicable.policy:
-            head.headers.append((b"ratelimit-policy", applicable.policy))
-            head.headers.append((b"ratelimit", ratelimit_value(applicable, verdict)))
+            head.add(b"ratelimit-policy", applicable.policy)
+            head.add(b"ratelimit", ratelimit_value(applicable, verdict))
+
+    def uses(self, hook: str) -> bool:
+        if hook == "on_log":
+            return bool(self.config.concurrency)  # only concurrency slots need releasing at the end
+        return super().uses(hook)
 
     def on_log(self, ctx: RequestContext, summary: RequestSummary) -> None:
         state = ctx.state

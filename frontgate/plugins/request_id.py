@@ -40,5 +40,4 @@ class RequestIdPlugin(Plugin):
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
         if self.config.echo:
-            head.headers = [(k, v) for k, v in head.headers if k != self._header]
-            head.headers.append((self._header, ctx.request_id.encode("ascii")))
+            head.set(self._header, ctx.request_id.encode("ascii"))

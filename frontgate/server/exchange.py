@@ -25,7 +25,6 @@ from frontgate.protocol.http1 import (
     RequestFraming,
     chunk,
     forwarded_response_head,
-    split_lines,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
@@ -33,7 +32,6 @@ from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:
-    from frontgate.observability.tracing import Trace
     from frontgate.server.connection import HttpConnection
 
 log = logging.getLogger("frontgate.exchange")
@@ -82,11 +80,6 @@ class Exchange:
     _try_timer: asyncio.TimerHandle | None = None
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
-    # Observability: each try as (cluster, target, started, ended, ok) when metrics, traces or the access
-    # log will read it; the request's trace context when tracing is on (see frontgate/observability/).
-    tries: list[tuple[UpstreamCluster, Target, float, float, bool]] | None = None
-    try_started = 0.0
-    trace: Trace | None = None
 
     def __init__(
         self,
@@ -111,7 +104,7 @@ class Exchange:
         self._pending: list[bytes] = []
         self._tried: list[Target] = []
         if conn.gateway.record_tries:
-            self.tries = []
+            ctx.tries = []  # for metrics, traces and the access log (see RequestContext.tries)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -140,7 +133,7 @@ class Exchange:
         try:
             for hook in route.request_hooks:
                 reply = await hook(self.ctx)
-                if self.gone():
+                if self.finished:  # the client left or a timeout answered while the hook waited
                     return
                 if reply is not None:
                     self.send_reply(reply)
@@ -258,7 +251,8 @@ class Exchange:
             self.fail(CircuitOpen())
             return
         self.attempts += 1
-        self.try_started = time.monotonic()
+        if ctx.tries is not None:
+            ctx.tries.append([cluster, target, time.monotonic(), 0.0, False])
         self.target = target
         self.target_url = target.url
         self._tried.append(target)
@@ -337,8 +331,10 @@ class Exchange:
         if target is None or cluster is None:
             return
         self.target = None
-        if self.tries is not None:
-            self.tries.append((cluster, target, self.try_started, time.monotonic(), ok))
+        tries = self.ctx.tries
+        if tries:
+            last = tries[-1]
+            last[3], last[4] = time.monotonic(), ok
         target.pool.in_flight -= 1
         cluster.state.in_flight -= 1
         target.state.requests += 1
@@ -430,13 +426,14 @@ class Exchange:
         assert upstream is not None
         named = upstream.named_hop_by_hop - _PLAIN_CONNECTION_TOKENS
         if named or route.response_hooks:
-            # Taken apart only when something looks: the fields named by Connection go, hooks see pairs.
-            head = ResponseHead(status, [pair for pair in split_lines(lines) if pair[0] not in named])
+            if named:  # fields the response's Connection header names are hop-by-hop too
+                lines = [line for line in lines if line[: line.index(b":")] not in named]
+            head = ResponseHead(status, lines=lines)
             for hook in route.response_hooks:
                 hook(self.ctx, head)
             status = head.status
-            lines = [name + b": " + value + b"\r\n" for name, value in head.headers]
-            has_date = any(name == b"date" for name, _ in head.headers)
+            lines = head.lines()
+            has_date = head.has_date(upstream.has_date)
         else:
             has_date = upstream.has_date
         conn = self.conn
