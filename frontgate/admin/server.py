@@ -1,4 +1,6 @@
-"""The admin listener (loopback by default, never the public port): health, readiness and status as JSON.
+"""The admin listener (loopback by default, never the public port): health, readiness, status, routes and
+the running config (secrets redacted) as JSON; with `observability.metrics.prometheus` (the default) also
+/metrics (Prometheus text), /dashboard (a live web page) and /dashboard/data (the JSON it polls).
 
 Requests here are few and trusted, so this uses asyncio streams rather than the proxy's hot path.
 """
@@ -9,12 +11,27 @@ import asyncio
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
+from frontgate.admin.dashboard import dashboard_data
+from frontgate.admin.dashboard_page import DASHBOARD_HTML
+from frontgate.admin.redact import redacted_config
+from frontgate.observability.families import render_prometheus
+from frontgate.observability.sharing import gateway_families
 from frontgate.server.gateway import Gateway, bind_socket
 from frontgate.upstream.cluster import Target, UpstreamCluster
 
 _MAX_HEAD = 8192
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """An answer that is not JSON: the Prometheus text, the dashboard's HTML."""
+
+    payload: bytes
+    content_type: str
 
 
 class AdminServer:
@@ -42,9 +59,12 @@ class AdminServer:
         method, target = [*request_line, "", ""][:2]
         path = target.split("?", 1)[0]
         status, body = self._answer(method, path)
-        payload = json.dumps(body, indent=2).encode() + b"\n"
+        if isinstance(body, Page):
+            payload, content_type = body.payload, body.content_type
+        else:
+            payload, content_type = json.dumps(body, indent=2).encode() + b"\n", "application/json"
         writer.write(
-            f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
+            f"HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {len(payload)}\r\n"
             "connection: close\r\ncache-control: no-store\r\n\r\n".encode() + payload
         )
         with contextlib.suppress(ConnectionError):
@@ -65,7 +85,19 @@ class AdminServer:
             return "200 OK", self._status()
         if path == "/routes":
             return "200 OK", [row for row in gateway.runtime.router.table()]
-        return "404 Not Found", {"error": "not_found", "paths": ["/healthz", "/readyz", "/status", "/routes"]}
+        if path == "/config":
+            return "200 OK", redacted_config(gateway.runtime.config)
+        if path in ("/metrics", "/dashboard", "/dashboard/data") and gateway.metrics is not None:
+            if path == "/dashboard":
+                return "200 OK", Page(DASHBOARD_HTML, "text/html; charset=utf-8")
+            families = gateway_families(gateway)
+            if path == "/dashboard/data":
+                return "200 OK", dashboard_data(families)
+            return "200 OK", Page(render_prometheus(families), PROMETHEUS_TEXT)
+        paths = ["/healthz", "/readyz", "/status", "/routes", "/config"]
+        if gateway.metrics is not None:
+            paths += ["/metrics", "/dashboard", "/dashboard/data"]
+        return "404 Not Found", {"error": "not_found", "paths": paths}
 
     def _status(self) -> dict[str, Any]:
         gateway = self.gateway

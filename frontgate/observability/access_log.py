@@ -1,69 +1,208 @@
-"""One JSON line per request, buffered and flushed off the request path (every 100 ms at most)."""
+"""The access log: one JSON line per request, to stdout, stderr or a file; the format is in docs/access-log.md.
+
+Lines are formatted in batches (frontgate/observability/batch.py: at most 100 ms or 256 requests after
+they ended; string escapes in C, the time prefix made once a second) and handed as one block to a writer
+thread, which does the `write` calls, so a slow disk or a reader that stops reading a pipe never stalls
+the event loop. If the writer falls more than `MAX_BACKLOG` bytes behind, blocks are dropped and counted
+(`frontgate_access_log_dropped_lines_total`) rather than held without limit.
+
+A file is opened with O_APPEND and reopened on SIGUSR1, after log rotation moved it away (the same
+contract as nginx's USR1): lines handed over before the signal go to the old file, later ones to the new.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
+import os
 import sys
+import threading
 import time
-from typing import IO, TYPE_CHECKING, Literal
+from collections import deque
+from json.encoder import encode_basestring_ascii as _quote
+from typing import TYPE_CHECKING, Any, Literal
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
 
 if TYPE_CHECKING:
-    from frontgate.server.exchange import Exchange
+    from frontgate.observability.batch import Record
 
-_FLUSH_EVERY = 0.1
+MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed over but not yet written; beyond, lines are dropped
+_REOPEN = b""  # in the writer's queue: close and reopen the file
+_MILLIS = [f".{ms:03d}Z" for ms in range(1001)]  # the time's fraction, made once (1000: a float's rounding)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
+
+
+class _Writer:
+    """A thread that owns the file descriptor and writes what the event loop hands it."""
+
+    def __init__(self, path: str | None, fd: int) -> None:
+        self.path = path
+        self.fd = self._open() if path is not None else fd
+        self.queue: deque[tuple[bytes, int]] = deque()
+        self.backlog = 0  # bytes queued; changed under `lock`
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.stopping = False
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="frontgate-access-log", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> int:
+        assert self.path is not None
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def submit(self, data: bytes, lines: int) -> None:
+        with self.lock:
+            if data and self.backlog + len(data) > MAX_BACKLOG:
+                self.dropped += lines
+                return
+            self.backlog += len(data)
+            self.queue.append((data, lines))
+            self.idle.clear()
+        self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                data, lines = self.queue.popleft()
+                if not data:
+                    self._reopen()
+                    continue
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self.fd, view):]
+                except OSError:
+                    failed = lines
+                else:
+                    failed = 0
+                with self.lock:
+                    self.backlog -= len(data)
+                    self.dropped += failed
+            with self.lock:
+                if not self.queue:
+                    self.idle.set()
+            if self.stopping and not self.queue:
+                return
+
+    def _reopen(self) -> None:
+        if self.path is None:
+            return
+        try:
+            fd = self._open()
+        except OSError:
+            return  # keep writing where we were rather than lose lines
+        os.close(self.fd)
+        self.fd = fd
+
+    def close(self, timeout: float) -> None:
+        self.stopping = True
+        self.wake.set()
+        self._thread.join(timeout)
+        if self.path is not None and not self._thread.is_alive():
+            os.close(self.fd)
 
 
 class AccessLog:
-    def __init__(self, stream: IO[str] | None, owns_stream: bool) -> None:
-        self._stream = stream
-        self._owns = owns_stream
-        self._flush_scheduled = False
-        self.enabled = stream is not None
+    def __init__(self, path: str | None, fd: int | None) -> None:
+        self.enabled = fd is not None or path is not None
+        self._writer = _Writer(path, fd if fd is not None else -1) if self.enabled else None
+        self._offset = 0.0
+        self._second = -1
+        self._stamp = ""
+        # '"upstream":"name","target":"url","upstream_us":' per target, quoted once (targets are few)
+        self._upstream_fields: dict[object, str] = {}
 
     @classmethod
     def from_config(cls, config: AccessLogConfig | Literal[False]) -> AccessLog:
         if config is False:
-            return cls(None, False)
+            return cls(None, None)
         if config.to == "stdout":
-            return cls(sys.stdout, False)
+            return cls(None, sys.stdout.fileno())
         if config.to == "stderr":
-            return cls(sys.stderr, False)
-        return cls(open(config.to, "a", encoding="utf-8"), True)
+            return cls(None, sys.stderr.fileno())
+        return cls(config.to, None)
 
-    def write(self, exchange: Exchange) -> None:
-        ctx = exchange.ctx
-        target = exchange.target_url
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-            "request_id": ctx.request_id,
-            "client_ip": ctx.client_ip,
-            "method": ctx.method,
-            "host": ctx.host,
-            "path": ctx.path,
-            "route": exchange.route.name if exchange.route else None,
-            "upstream": target,
-            "consumer": ctx.consumer,
-            "status": exchange.status,
-            "bytes_in": exchange.body_bytes,
-            "bytes_out": exchange.bytes_out,
-            "duration_ms": round((time.monotonic() - ctx.started) * 1000, 3),
-        }
-        assert self._stream is not None
-        self._stream.write(json.dumps(record, separators=(",", ":")) + "\n")
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_later(_FLUSH_EVERY, self._flush)
+    @property
+    def dropped(self) -> int:
+        return self._writer.dropped if self._writer is not None else 0
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._stream is not None:
-            self._stream.flush()
+    def line(self, record: Record) -> str:
+        """The JSON line of a finished request (see frontgate/observability/batch.py for the record)."""
+        (now, started_at, route, method, status, tries, bytes_in, bytes_out, attempts, request_id, trace_id,
+         client_ip, consumer, host, path, state) = record
+        wall = now + self._offset
+        second = int(wall)
+        if second != self._second:
+            wall = self._next_second(now)
+            second = self._second
+        if tries:
+            cluster, target, started, ended, _ = tries[-1]
+            upstream = self._upstream_fields.get(target.state)
+            if upstream is None:
+                upstream = self._upstream_fields[target.state] = (
+                    f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":')
+            where = f"{upstream}{int(((ended or now) - started) * 1e6)}"
+        else:
+            where = '"upstream":null,"target":null,"upstream_us":null'
+        if state:
+            outcomes = (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
+                        f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}')
+        else:
+            outcomes = '"cache":null,"auth_failure":null,"rate_limit":null'
+        return (
+            f'{{"time":"{self._stamp}{_MILLIS[int((wall - second) * 1000)]}",'
+            f'"request_id":{_quote(request_id)},"trace_id":{"null" if trace_id is None else _quote(trace_id)},'
+            f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
+            f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
+            f'"route":{"null" if route is None else _quote(route)},{where},"status":{status},'
+            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
+            f'"retries":{attempts - 1 if attempts else 0},{outcomes}}}\n'
+        )
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.flush()
-            if self._owns:
-                self._stream.close()
+    def _next_second(self, now: float) -> float:
+        # Wall time is the request's monotonic end time plus an offset that is checked against the clock
+        # once a second: one clock read per second instead of one per line.
+        self._offset = time.time() - time.monotonic()
+        wall = now + self._offset
+        self._second = int(wall)
+        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
+        return wall
+
+    def submit(self, lines: list[str]) -> None:
+        """Hand lines to the writer thread as one block."""
+        if lines and self._writer is not None:
+            self._writer.submit("".join(lines).encode(), len(lines))
+
+    def reopen(self) -> None:
+        """SIGUSR1: lines handed over so far go to the file being rotated away, later ones to a new file."""
+        if self._writer is not None:
+            self._writer.submit(_REOPEN, 0)
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until the writer has written everything handed to it."""
+        return self._writer.idle.wait(timeout) if self._writer is not None else True
+
+    def close(self, timeout: float = 2.0) -> None:
+        if self._writer is not None:
+            self._writer.close(timeout)
+
+
+def _limit_outcome(entry: Any) -> str | None:
+    """The rate_limit plugin's decision as the log shows it: "ok" or "limited:<names of the limits>"."""
+    if entry is None:
+        return None
+    with contextlib.suppress(TypeError, ValueError, AttributeError):
+        applicable, verdict = entry
+        if verdict.allowed:
+            return "ok"
+        names = [name for index, name in enumerate(applicable.names) if verdict.denied >> index & 1]
+        return "limited:" + ",".join(names)
+    return None

@@ -13,6 +13,9 @@ from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
+from frontgate.observability.batch import Observations
+from frontgate.observability.metrics import RequestMetrics
+from frontgate.observability.tracing import Tracer
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
 from frontgate.upstream.cluster import UpstreamRegistry
@@ -60,6 +63,13 @@ class Gateway:
         self.date_line = date_line(time.time())
         self._last_second = 0
         self.access_log = AccessLog.from_config(runtime.config.observability.access_log)
+        observability = runtime.config.observability
+        # Counted only when someone can read the numbers: /metrics lives on the admin listener.
+        self.metrics = RequestMetrics() if observability.metrics.prometheus and runtime.config.admin else None
+        self.tracer = Tracer.from_config(observability.tracing)
+        # Exchanges note each upstream try (target, times, outcome) only when one of these will read it.
+        self.record_tries = self.metrics is not None or self.tracer is not None or self.access_log.enabled
+        self.observations = Observations(loop, self.metrics, self.tracer, self.access_log)
         self.health = HealthChecker(list(runtime.clusters.values()))
 
     @classmethod
@@ -162,7 +172,10 @@ class Gateway:
         self.pools.close_all()
         for plugin in self.runtime.plugins():
             await plugin.shutdown()
+        self.observations.flush()
         self.access_log.close()
+        if self.tracer is not None:
+            self.tracer.close()
 
     # --- accounting -------------------------------------------------------------------------------
 
@@ -180,8 +193,8 @@ class Gateway:
                     hook(exchange.ctx, summary)
                 except Exception:
                     log.exception("on_log hook failed in route %s", route.name)
-        if self.access_log.enabled:
-            self.access_log.write(exchange)
+        if self.record_tries:
+            self.observations.add(exchange)  # counted, traced and logged in batches
 
     def count_protocol_error(self, status: int) -> None:
         self.protocol_errors += 1

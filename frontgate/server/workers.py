@@ -17,6 +17,7 @@ import uvloop
 
 from frontgate.config.loader import load_config
 from frontgate.errors import ConfigError
+from frontgate.observability.sharing import make_run_dir, record_rejected_reload, remove_run_dir
 from frontgate.plugins import plugin_models
 
 log = logging.getLogger("frontgate")
@@ -33,11 +34,13 @@ def run_worker(config_paths: Sequence[str], index: int, workers: int, reuse_port
 
 async def _serve(config_paths: Sequence[str], index: int, workers: int, reuse_port: bool) -> None:
     from frontgate.admin.server import AdminServer
+    from frontgate.observability.sharing import start_sharing, stop_sharing
     from frontgate.server.gateway import Gateway
 
     loop = asyncio.get_running_loop()
     gateway = Gateway.from_files(config_paths, loop)
     await gateway.start(reuse_port)
+    start_sharing(gateway, index)  # with several workers: /metrics on worker 0 adds up everyone's numbers
     admin = None
     admin_config = gateway.runtime.config.admin
     if index == 0 and admin_config is not None:
@@ -47,11 +50,13 @@ async def _serve(config_paths: Sequence[str], index: int, workers: int, reuse_po
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
+    loop.add_signal_handler(signal.SIGUSR1, gateway.access_log.reopen)  # after log rotation
     addresses = ", ".join(listener.address for listener in gateway.runtime.config.server.listen)
     log.info("worker %d (pid %d) serving %s", index, os.getpid(), addresses)
     await stop.wait()
     log.info("worker %d draining", index)
     await gateway.shutdown()
+    stop_sharing()
     if admin is not None:
         admin.close()
 
@@ -64,11 +69,20 @@ class Master:
         self.workers = workers
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
+        self.metrics_dir: str | None = None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        signal.signal(signal.SIGUSR1, self._on_reopen)
+        self.metrics_dir = make_run_dir()  # inherited by the workers: how /metrics sums them
+        try:
+            return self._supervise()
+        finally:
+            remove_run_dir(self.metrics_dir)
+
+    def _supervise(self) -> int:
         for index in range(self.workers):
             self._spawn(index)
         failures = 0
@@ -92,6 +106,7 @@ class Master:
         if pid == 0:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # until the worker's loop handles it
             code = 0
             try:
                 run_worker(self.config_paths, index, self.workers, reuse_port=True)
@@ -115,11 +130,15 @@ class Master:
         self.stopping = True
         self._signal_children(signal.SIGTERM)
 
+    def _on_reopen(self, signum: int, frame: object) -> None:
+        self._signal_children(signal.SIGUSR1)  # each worker reopens its access-log file
+
     def _on_reload(self, signum: int, frame: object) -> None:
         # Validate once here, so a bad file is reported once and no worker even tries it.
         try:
             load_config(self.config_paths, plugin_models=plugin_models())
         except ConfigError as error:
             log.error("reload rejected, workers keep the running config:\n%s", error)
+            record_rejected_reload(self.metrics_dir)
             return
         self._signal_children(signal.SIGHUP)

@@ -1,0 +1,147 @@
+"""Request and upstream-attempt counters: plain Python numbers, touched once per request in `observe()`.
+
+The hot path does a dict lookup on a tuple of values the request already has (route name, method, status,
+upstream name) and a few `+=` on the series it finds; the first request of a combination works out its
+bounded labels (method class, status class) once. Nothing is rendered until /metrics is scraped.
+
+Labels are bounded by construction: routes and upstreams come from the config (requests no route matched
+count under route "(none)", never under their path), methods are folded into the standard nine and
+"OTHER", statuses into classes, targets are the configured URLs.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import TYPE_CHECKING
+
+from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, histogram_value
+
+if TYPE_CHECKING:
+    from frontgate.observability.batch import Record
+    from frontgate.upstream.cluster import Target, TargetState, UpstreamCluster
+
+NO_ROUTE = "(none)"  # requests that matched no route (404 / 405): one label value, whatever their path
+NO_UPSTREAM = "(none)"  # answered without an upstream: local replies, auth and limit refusals, 404s
+METHOD_CLASSES = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+_BUCKETS = len(LATENCY_BOUNDS) + 1
+# Requests are counted under a key of raw values; combinations beyond this many (say, a flood of odd
+# methods or statuses) are still counted, only without the shortcut.
+_MAX_SHORTCUTS = 20_000
+
+# One upstream try as the exchange records it in `ctx.tries`: [cluster, target, started, ended, ok], times
+# in monotonic seconds (a list, filled in when the try ends: cheaper than an object on every request).
+
+
+def method_class(method: str) -> str:
+    return method if method in METHOD_CLASSES else "OTHER"
+
+
+def status_class(status: int) -> str:
+    # 0: the client left (or the connection broke) before any status was sent.
+    return f"{status // 100}xx" if 100 <= status <= 599 else "none"
+
+
+class RequestSeries:
+    __slots__ = ("buckets", "bytes_in", "bytes_out", "count", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * _BUCKETS
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+class AttemptSeries:
+    __slots__ = ("buckets", "errors", "ok", "total")
+
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors = 0
+        self.total = 0.0
+        self.buckets = [0] * _BUCKETS
+
+
+class RequestMetrics:
+    """This worker's request and attempt counts since it started."""
+
+    def __init__(self) -> None:
+        # (route, method, status, upstream) as the request has them -> the series of their bounded labels
+        self._shortcuts: dict[tuple[str, str, int, str], RequestSeries] = {}
+        self._series: dict[tuple[str, str, str, str], RequestSeries] = {}
+        # Keyed by the target's protection state: one per (upstream, url), kept across reloads.
+        self._attempts: dict[TargetState, AttemptSeries] = {}
+        self._target_labels: dict[TargetState, tuple[str, str]] = {}
+
+    def record(self, record: Record) -> None:
+        now, started_at, route, method, status, tries, bytes_in, bytes_out = record[:8]
+        upstream = NO_UPSTREAM
+        if tries:
+            attempts = self._attempts
+            for cluster, target, started, ended, ok in tries:
+                series = attempts.get(target.state)
+                if series is None:
+                    series = self._new_attempt_series(cluster, target)
+                elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
+                if ok:
+                    series.ok += 1
+                else:
+                    series.errors += 1
+                series.total += elapsed
+                series.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+            upstream = tries[-1][0].name
+        key = (route or NO_ROUTE, method, status, upstream)
+        request = self._shortcuts.get(key)
+        if request is None:
+            request = self._new_request_series(key)
+        elapsed = now - started_at
+        request.count += 1
+        request.total += elapsed
+        request.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
+        request.bytes_in += bytes_in
+        request.bytes_out += bytes_out
+
+    def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:
+        route, method, status, upstream = key
+        labels = (route, method_class(method), status_class(status), upstream)
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = RequestSeries()
+        if len(self._shortcuts) < _MAX_SHORTCUTS:
+            self._shortcuts[key] = series
+        return series
+
+    def _new_attempt_series(self, cluster: UpstreamCluster, target: Target) -> AttemptSeries:
+        series = self._attempts[target.state] = AttemptSeries()
+        self._target_labels[target.state] = (cluster.name, target.url)
+        return series
+
+    def collect(self, out: FamilySet) -> None:
+        labels = ("route", "method", "status_class", "upstream")
+        requests = out.family("frontgate_requests", "counter",
+                              "Requests answered (or abandoned), by route, method class, status class and upstream.",
+                              labels)
+        durations = out.family("frontgate_request_duration_seconds", "histogram",
+                               "Time from the request head to the end of the response.", labels,
+                               bounds=LATENCY_BOUNDS)
+        received = out.family("frontgate_request_body_bytes", "counter", "Request body bytes received, by route.",
+                              ("route",))
+        sent = out.family("frontgate_response_body_bytes", "counter", "Response body bytes sent, by route.",
+                          ("route",))
+        for key, series in self._series.items():
+            requests.add(key, float(series.count))
+            durations.add(key, histogram_value(series.buckets, series.total))
+            received.add((key[0],), float(series.bytes_in))
+            sent.add((key[0],), float(series.bytes_out))
+        target_labels = ("upstream", "target")
+        attempts = out.family("frontgate_upstream_attempts", "counter",
+                              "Tries sent to an upstream target, by outcome (error: connect failure, reset, "
+                              "timeout, broken response or 5xx).", (*target_labels, "outcome"))
+        attempt_durations = out.family("frontgate_upstream_attempt_duration_seconds", "histogram",
+                                       "Time of one try: connect (or pooled connection), request, whole response.",
+                                       target_labels, bounds=LATENCY_BOUNDS)
+        for state, attempt in self._attempts.items():
+            upstream, url = self._target_labels[state]
+            attempts.add((upstream, url, "ok"), float(attempt.ok))
+            attempts.add((upstream, url, "error"), float(attempt.errors))
+            attempt_durations.add((upstream, url), histogram_value(attempt.buckets, attempt.total))

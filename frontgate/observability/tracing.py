@@ -1,0 +1,301 @@
+"""OpenTelemetry tracing: W3C trace context in and out, one server span per request, one client span per
+upstream try, exported by OTLP/HTTP in batches from a thread.
+
+The request path does only what a trace needs there: read an incoming `traceparent` (once), decide
+sampling (the parent's flag when there is one, else `sample_ratio` on the trace id, as OpenTelemetry's
+ParentBased(TraceIdRatioBased) sampler does), write a `traceparent` for each try (the try's client span is
+its parent upstream; `tracestate` passes through untouched), and for a sampled request put one tuple on a
+queue. Span objects, attributes and protobuf are made by the export thread. Unsampled requests are still
+propagated (flag 00), so an upstream that samples on its own keeps the same trace id. With tracing off
+nothing here runs: an incoming `traceparent` is forwarded as any other header.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections import deque
+from random import getrandbits
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from frontgate.config.schema import Tracing
+from frontgate.observability.metrics import METHOD_CLASSES
+
+if TYPE_CHECKING:
+    from frontgate.pipeline.context import RequestContext
+    from frontgate.server.exchange import Exchange
+
+log = logging.getLogger("frontgate.tracing")
+
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_MASK_64 = (1 << 64) - 1
+_SAMPLED_LINE = b"traceparent: 00-%032x-%016x-01\r\n"
+_UNSAMPLED_LINE = b"traceparent: 00-%032x-%016x-00\r\n"
+EXPORT_EVERY = 1.0  # seconds between batches when traffic is light
+BATCH = 512  # spans per export request; a full batch wakes the exporter early
+MAX_QUEUE = 4096  # requests waiting for export; beyond, spans are dropped and counted
+_EXPORT_TIMEOUT = 5.0  # seconds one batch may take, retries included (in the export thread only)
+_WARN_EVERY = 60.0  # seconds between two warnings about a failing collector
+
+
+class Trace:
+    """The context of a sampled request's trace (an unsampled one is only its trace id: `ctx.trace` holds
+    an int then, so the common case makes no object)."""
+
+    __slots__ = ("client_ids", "parent_id", "sampled", "span_id", "trace_id", "tracestate")
+
+    def __init__(self, trace_id: int, parent_id: int, sampled: bool, tracestate: str | None) -> None:
+        self.trace_id = trace_id
+        self.parent_id = parent_id  # the caller's span, 0 when the request started the trace
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.span_id = getrandbits(64) or 1  # our server span
+        self.client_ids: list[int] = []  # the client span of each try, by try index (0: not sent)
+
+
+def trace_id_of(trace: Trace | int) -> int:
+    return trace.trace_id if isinstance(trace, Trace) else trace
+
+
+def parse_traceparent(value: bytes) -> tuple[int, int, int] | None:
+    """(trace id, parent span id, flags) of a valid W3C traceparent, else None."""
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_hex, parent_hex, flags = match.group(1, 2, 3, 4)
+    if version == b"ff" or (version == b"00" and match.group(5) is not None):
+        return None
+    trace_id, parent_id = int(trace_hex, 16), int(parent_hex, 16)
+    if not trace_id or not parent_id:
+        return None
+    return trace_id, parent_id, int(flags, 16)
+
+
+def incoming_trace_id(lines: list[bytes]) -> str | None:
+    """For the access log when tracing is off: the trace id of the request's own valid traceparent."""
+    for line in lines:
+        if line[0] == 116 and line.startswith(b"traceparent: "):  # 116: "t", a cheap first test
+            parsed = parse_traceparent(line[13:-2])
+            return f"{parsed[0]:032x}" if parsed else None
+    return None
+
+
+class Tracer:
+    def __init__(self, config: Tracing) -> None:
+        self.config = config
+        self._bound = round(config.sample_ratio * (1 << 64))
+        self._exporter = SpanExporter(config)
+        self.dropped = 0
+
+    @classmethod
+    def from_config(cls, config: Tracing | None) -> Tracer | None:
+        return cls(config) if config is not None else None
+
+    def begin(self, exchange: Exchange) -> Trace | int:
+        """Read the caller's trace context (taking its traceparent out of the forwarded headers: each try
+        gets its own) and decide sampling. An unsampled trace is kept as just its id, an int."""
+        ctx = exchange.ctx
+        lines = ctx.header_lines()
+        if b"\ntrace" in b"\n" + b"".join(lines):  # one C-level search; a false hit only costs the slow path
+            trace = self._continue(ctx, lines)
+        else:
+            trace_id = getrandbits(128) or 1
+            trace = Trace(trace_id, 0, True, None) if (trace_id & _MASK_64) < self._bound else trace_id
+        ctx.trace = trace
+        return trace
+
+    def _continue(self, ctx: RequestContext, lines: list[bytes]) -> Trace | int:
+        """The request carries trace context: follow it when it is valid."""
+        parent = None
+        found = False
+        states: list[str] = []
+        for line in lines:
+            if line.startswith(b"tracep"):
+                if line.startswith(b"traceparent: "):
+                    parent = None if found else parse_traceparent(line[13:-2])  # two of them: invalid
+                    found = True
+            elif line.startswith(b"tracestate: "):
+                states.append(line[12:-2].decode("latin-1").strip())
+        trace: Trace | int
+        if parent is not None:
+            trace_id, parent_id, flags = parent
+            trace = Trace(trace_id, parent_id, True, ",".join(states) or None) if flags & 1 else trace_id
+        else:
+            trace_id = getrandbits(128) or 1
+            trace = Trace(trace_id, 0, True, None) if (trace_id & _MASK_64) < self._bound else trace_id
+        if found:
+            # A broken traceparent invalidates the tracestate that came with it (W3C trace context §3.3).
+            drop = (b"traceparent: ",) if parent is not None else (b"traceparent: ", b"tracestate: ")
+            ctx.set_header_lines([line for line in lines if not line.startswith(drop)])
+        return trace
+
+    def upstream_traceparent(self, exchange: Exchange) -> bytes:
+        """The `traceparent` header line of the try being sent: its client span is the upstream's parent."""
+        trace = exchange.ctx.trace
+        if trace is None:
+            trace = self.begin(exchange)
+        if type(trace) is int:  # unsampled: a fresh span id for the upstream, remembered nowhere
+            return _UNSAMPLED_LINE % (trace, getrandbits(64) or 1)
+        assert isinstance(trace, Trace)
+        span_id = getrandbits(64) or 1
+        ids = trace.client_ids
+        index = exchange.attempts - 1
+        while len(ids) <= index:
+            ids.append(0)
+        ids[index] = span_id
+        return _SAMPLED_LINE % (trace.trace_id, span_id)
+
+    def finish(self, exchange: Exchange, now: float) -> None:
+        """The request is over: a sampled one goes to the export queue."""
+        trace = exchange.ctx.trace
+        if trace is None:
+            trace = self.begin(exchange)
+        if type(trace) is int:
+            return
+        assert isinstance(trace, Trace)
+        exporter = self._exporter
+        if len(exporter.queue) >= MAX_QUEUE:
+            self.dropped += 1 + exchange.attempts
+            return
+        exporter.queue.append(_finished(exchange, trace, now))
+        if len(exporter.queue) >= BATCH:
+            exporter.wake.set()
+
+    def counts(self) -> dict[str, int]:
+        return {"exported": self._exporter.exported, "failed": self._exporter.failed, "dropped": self.dropped}
+
+    def close(self) -> None:
+        self._exporter.close()
+
+
+class _Try(NamedTuple):
+    upstream: str
+    host: str
+    port: int
+    url: str
+    started: float
+    ended: float
+    ok: bool
+
+
+class _Finished(NamedTuple):
+    """What the export thread needs of a sampled request; read on the loop, turned into spans later."""
+
+    trace: Trace
+    method: str
+    scheme: str
+    host: str
+    path: str
+    upstream_path: str
+    client_ip: str
+    peer_ip: str
+    http_version: str
+    user_agent: str | None
+    route: str | None
+    http_route: str | None
+    request_id: str
+    consumer: str | None
+    status: int
+    upstream_answered: bool  # the status came from the upstream (not a gateway error)
+    cut: bool
+    started: float
+    ended: float
+    tries: list[_Try]
+
+
+def _finished(exchange: Exchange, trace: Trace, now: float) -> _Finished:
+    ctx = exchange.ctx
+    route = exchange.route
+    agent = None
+    for line in ctx.header_lines():
+        if line.startswith(b"user-agent: "):
+            agent = line[12:-2].decode("latin-1")
+            break
+    tries = [_Try(cluster.name, target.host, target.port, target.url, started, ended or now, ok)
+             for cluster, target, started, ended, ok in ctx.tries or ()]
+    return _Finished(
+        trace, ctx.method, ctx.scheme, ctx.host, ctx.path, ctx.upstream_path, ctx.client_ip, ctx.peer_ip,
+        ctx.http_version, agent, route.name if route else None, _http_route(exchange), ctx.request_id,
+        ctx.consumer, exchange.status, exchange.response_started, exchange.cut, ctx.started, now, tries,
+    )
+
+
+def _http_route(exchange: Exchange) -> str | None:
+    """The route's path template (semantic conventions' `http.route`) when it declares exactly one."""
+    route = exchange.route
+    if route is None:
+        return None
+    match = route.config.match
+    patterns = [*match.exact, *(p.rstrip("/") + "/*" for p in match.paths), *match.regex]
+    return patterns[0] if len(patterns) == 1 else None
+
+
+class SpanExporter:
+    """The export thread: turns finished requests into OpenTelemetry spans and sends them by OTLP/HTTP."""
+
+    def __init__(self, config: Tracing) -> None:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        # The exporter logs every failed batch; a dead collector must not flood the gateway's log.
+        logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+        endpoint = config.otlp_endpoint.rstrip("/")
+        self.endpoint = endpoint if endpoint.endswith("/v1/traces") else endpoint + "/v1/traces"
+        self._otlp = OTLPSpanExporter(endpoint=self.endpoint, timeout=_EXPORT_TIMEOUT)
+        self.resource = Resource.create({"service.name": config.service_name})
+        self.scope = InstrumentationScope("frontgate")
+        self.queue: deque[_Finished] = deque()
+        self.wake = threading.Event()
+        self._stop = False
+        self.exported = 0
+        self.failed = 0
+        self._warned = 0.0
+        self._thread = threading.Thread(target=self._run, name="frontgate-otlp", daemon=True)
+        self._offset = time.time() - time.monotonic()  # monotonic seconds -> Unix time
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.wake.wait(EXPORT_EVERY)
+            self.wake.clear()
+            self._drain()
+
+    def _drain(self) -> None:
+        from frontgate.observability.spans import to_spans
+
+        while self.queue:
+            batch: list[Any] = []
+            while self.queue and len(batch) < BATCH:
+                batch.extend(to_spans(self.queue.popleft(), self))
+            try:
+                ok = self._otlp.export(batch).name == "SUCCESS"
+            except Exception:
+                ok = False
+            if ok:
+                self.exported += len(batch)
+                continue
+            self.failed += len(batch)
+            now = time.monotonic()
+            if now - self._warned >= _WARN_EVERY:
+                self._warned = now
+                log.warning("trace export to %s failed; %d spans lost so far", self.endpoint, self.failed)
+
+    def unix_ns(self, monotonic: float) -> int:
+        return int((monotonic + self._offset) * 1e9)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (bounded by `timeout`), then stop."""
+        self._stop = True
+        self.wake.set()
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._drain()
+        self._otlp.shutdown()  # type: ignore[no-untyped-call]
+
+
+def method_label(method: str) -> tuple[str, str]:
+    """(span name prefix, http.request.method) per the semantic conventions: unknown methods are _OTHER."""
+    return (method, method) if method in METHOD_CLASSES else ("HTTP", "_OTHER")
