@@ -159,7 +159,8 @@ def test_every_problem_is_reported_not_just_the_first(tmp_path: Path) -> None:
         "16KiB, 10MiB",
         f"{path}:6:22: upstreams.orders.targets[0]: invalid target 'ftp://10.0.0.1': expected http://HOST:PORT or "
         "https://HOST:PORT",
-        f"{path}:6:50: upstreams.orders.balance: expected 'round_robin', 'random', 'least_request' or 'hash' (got 'fastest')",
+        f"{path}:6:50: upstreams.orders.balance: expected 'round_robin', 'random', 'least_request' or 'hash' "
+        "(got 'fastest')",
         f"{path}:9:21: routes[0].match.paths[0]: path 'orders' must start with /",
     ]
 
