@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from frontgate.units import parse_duration, parse_size
 
@@ -223,6 +223,18 @@ def _check_key_spec(value: str, field: str) -> str:
 # --- routes -------------------------------------------------------------------------------------------
 
 _METHOD = re.compile(r"^[A-Z]+$")
+
+
+def _check_methods(value: list[str]) -> list[str]:
+    upper = [m.upper() for m in value]
+    for method in upper:
+        if not _METHOD.match(method):
+            raise ValueError(f"invalid method {method!r}")
+    return upper
+
+
+Methods = Annotated[list[str], AfterValidator(_check_methods)]
+"""HTTP methods, written in any case, kept uppercase."""
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
@@ -247,22 +259,13 @@ class Match(Model):
     regex: Annotated[list[str], BeforeValidator(_as_list)] = Field(
         default_factory=list, description="Python regular expressions matched against the whole path."
     )
-    methods: list[str] = Field(default_factory=list, description="Any method when empty.")
+    methods: Methods = Field(default_factory=list, description="Any method when empty.")
     hosts: Annotated[list[str], BeforeValidator(_as_list)] = Field(
         default_factory=list, description="Exact hosts or `*.example.com` wildcards; any host when empty."
     )
     headers: dict[str, str | list[str]] = Field(
         default_factory=dict, description="Header name to the value (or one of the values) it must have."
     )
-
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        upper = [m.upper() for m in value]
-        for method in upper:
-            if not _METHOD.match(method):
-                raise ValueError(f"invalid method {method!r}")
-        return upper
 
     @field_validator("regex")
     @classmethod

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from frontgate.config.schema import Route
+from frontgate.config.schema import Methods, Route
 from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
@@ -80,7 +80,6 @@ class LimitStoreUnavailable(HttpError):
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|d)\s*$")
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_METHOD = re.compile(r"^[A-Z]+$")
 
 
 class _Item(BaseModel):
@@ -88,7 +87,7 @@ class _Item(BaseModel):
 
     name: str = Field(description="Names the counter (shared by limits of the same name) and the header item.")
     key: str = Field("ip", description="ip, consumer, api_key, route, global, header:<name> or claim:<name>.")
-    methods: list[str] = Field(default_factory=list, description="Only these methods; every method when empty.")
+    methods: Methods = Field(default_factory=list, description="Only these methods; every method when empty.")
     on_failure: Literal["open", "closed"] | None = Field(None, description="Overrides store.on_failure.")
 
     @field_validator("name")
@@ -103,14 +102,6 @@ class _Item(BaseModel):
     def _key(cls, value: str) -> str:
         return check_key(value)
 
-    @field_validator("methods")
-    @classmethod
-    def _methods(cls, value: list[str]) -> list[str]:
-        upper = [m.upper() for m in value]
-        for method in upper:
-            if not _METHOD.match(method):
-                raise ValueError(f"invalid method {method!r}")
-        return upper
 
 
 class RateLimitSpec(_Item):
