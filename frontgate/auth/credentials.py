@@ -7,8 +7,10 @@ A location is `("header", b"authorization")`, `("query", "api_key")` or `("cooki
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus
+
+from pydantic import AfterValidator
 
 from frontgate.auth.errors import invalid
 from frontgate.pipeline.context import RequestContext
@@ -24,6 +26,10 @@ def check_header_name(name: str) -> str:
     if not name or any(c not in _TOKEN_CHARS for c in name):
         raise ValueError(f"invalid header name {name!r}")
     return name
+
+
+HeaderName = Annotated[str, AfterValidator(check_header_name)]
+"""A header name in a plugin's config, checked to be a valid token."""
 
 
 def header_values(ctx: RequestContext, name: bytes) -> list[bytes]:
