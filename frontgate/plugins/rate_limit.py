@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from frontgate.config.schema import Methods, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, key_function
 from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
@@ -225,6 +225,9 @@ class RateLimitPlugin(Plugin):
         if state is None:
             state = ctx.state = {}
         state["rate_limit"] = (applicable, verdict)
+        if applicable.policy:  # on every response to a limited request, 2xx and 429 alike
+            ctx.response_headers_add = [(b"ratelimit-policy", applicable.policy),
+                                        (b"ratelimit", ratelimit_value(applicable, verdict))]
         if verdict.allowed:
             for counters in applicable.counters:
                 counters.admitted += 1
@@ -236,18 +239,6 @@ class RateLimitPlugin(Plugin):
                 counters.limited += 1
         retry = max(1, ceil_seconds(verdict.retry_after_us))
         raise RateLimited(headers=[(b"retry-after", b"%d" % retry)])
-
-    def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
-        state = ctx.state
-        if not state:
-            return
-        entry = state.get("rate_limit")
-        if entry is None:
-            return
-        applicable, verdict = entry
-        if applicable.policy:
-            head.add(b"ratelimit-policy", applicable.policy)
-            head.add(b"ratelimit", ratelimit_value(applicable, verdict))
 
     def uses(self, hook: str) -> bool:
         if hook == "on_log":

@@ -371,6 +371,8 @@ class HttpConnection(asyncio.Protocol):
         force_close: bool = False,
     ) -> None:
         """A reply the gateway makes itself. Response hooks still run (request id echo, CORS, ...)."""
+        if exchange.ctx.response_headers_add:
+            headers = headers + exchange.ctx.response_headers_add
         head = ResponseHead(status, headers)
         route = exchange.route
         hooks = route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks

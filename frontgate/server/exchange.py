@@ -436,6 +436,9 @@ class Exchange:
             has_date = head.has_date(upstream.has_date)
         else:
             has_date = upstream.has_date
+        added = self.ctx.response_headers_add
+        if added:
+            lines = lines + [name + b": " + value + b"\r\n" for name, value in added]
         conn = self.conn
         data, self._chunked_out, close = forwarded_response_head(
             status, lines, None if chunked else content_length,
