@@ -3,11 +3,11 @@ how they combine on a route."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from frontgate.auth.chain import CONSUMER_HEADER, Identity, rejection
 from frontgate.auth.consumers import ConsumerTable, consumer_table
-from frontgate.auth.credentials import Location, remove_location, rewrite_headers
+from frontgate.auth.credentials import Location, claim, header_value, remove_location, rewrite_headers
 from frontgate.auth.errors import AuthFailure, invalid
 from frontgate.config.schema import Route
 from frontgate.pipeline.context import Reply, RequestContext
@@ -72,3 +72,23 @@ class AuthPlugin(Plugin):
         except AuthFailure as failure:
             raise rejection(ctx, [(self, failure)]) from None
         return None
+
+
+def identity_from_claims(
+    claims: dict[str, Any], consumer_claim: str | None, consumers: ConsumerTable,
+    forward: list[tuple[str, bytes]],
+) -> Identity:
+    """The identity verified claims (a token's or an introspection answer's) stand for: the consumer named by
+    `consumer_claim`, which must be declared, and the `forward_claims` headers."""
+    consumer = None
+    if consumer_claim:
+        value = claim(claims, consumer_claim)
+        if not isinstance(value, str) or consumers.get(value) is None:
+            raise invalid("unknown_consumer")
+        consumer = value
+    headers = []
+    for name, header in forward:
+        value = claim(claims, name)
+        if value is not None:
+            headers.append((header, header_value(value)))
+    return Identity(consumer, claims, headers)

@@ -28,13 +28,11 @@ from frontgate.auth.credentials import (
     HeaderName,
     Location,
     bearer_values,
-    claim,
     cookie_values,
-    header_value,
     query_values,
     single_credential,
 )
-from frontgate.auth.errors import invalid, missing
+from frontgate.auth.errors import missing
 from frontgate.auth.jose import (
     ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -50,7 +48,7 @@ from frontgate.auth.jwks import KeySource, StaticKeys, jwks_source
 from frontgate.auth.jwt_verify import IssuerPolicy, JwtVerifier
 from frontgate.config.schema import Duration, Route, Size
 from frontgate.pipeline.context import RequestContext
-from frontgate.plugins.auth_base import AuthPlugin
+from frontgate.plugins.auth_base import AuthPlugin, identity_from_claims
 from frontgate.plugins.base import BuildContext, PluginConfig
 
 
@@ -253,18 +251,7 @@ class JwtPlugin(AuthPlugin):
         return identity
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
-        consumer = None
-        if self.config.consumer_claim:
-            value = claim(claims, self.config.consumer_claim)
-            if not isinstance(value, str) or self.consumers.get(value) is None:
-                raise invalid("unknown_consumer")
-            consumer = value
-        headers = []
-        for name, header in self._forward:
-            value = claim(claims, name)
-            if value is not None:
-                headers.append((header, header_value(value)))
-        return Identity(consumer, claims, headers)
+        return identity_from_claims(claims, self.config.consumer_claim, self.consumers, self._forward)
 
     async def startup(self) -> None:
         for policy in self.verifier.issuers:

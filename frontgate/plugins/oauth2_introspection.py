@@ -24,15 +24,13 @@ from frontgate.auth.credentials import (
     HeaderName,
     Location,
     bearer_values,
-    claim,
-    header_value,
     single_credential,
 )
 from frontgate.auth.errors import invalid, missing
 from frontgate.auth.introspection import Introspector
 from frontgate.config.schema import Duration, Route, Size
 from frontgate.pipeline.context import RequestContext
-from frontgate.plugins.auth_base import AuthPlugin
+from frontgate.plugins.auth_base import AuthPlugin, identity_from_claims
 from frontgate.plugins.base import BuildContext, PluginConfig
 
 
@@ -101,18 +99,7 @@ class IntrospectionPlugin(AuthPlugin):
         if len(token) > self.config.max_token_size:
             raise invalid("token_too_large")
         claims = await self.introspector.introspect(token)
-        consumer = None
-        if self.config.consumer_claim:
-            value = claim(claims, self.config.consumer_claim)
-            if not isinstance(value, str) or self.consumers.get(value) is None:
-                raise invalid("unknown_consumer")
-            consumer = value
-        headers = []
-        for name, header in self._forward:
-            value = claim(claims, name)
-            if value is not None:
-                headers.append((header, header_value(value)))
-        return Identity(consumer, claims, headers)
+        return identity_from_claims(claims, self.config.consumer_claim, self.consumers, self._forward)
 
     async def shutdown(self) -> None:
         await self.introspector.close()
