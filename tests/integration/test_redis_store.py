@@ -165,15 +165,39 @@ def test_redis_down_at_start_up_does_not_block_and_is_picked_up_later(tmp_path: 
         server.stop()
 
 
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def start_slow_relay(target_port: int, delay: float) -> asyncio.Server:
+    """A TCP relay to Redis that holds every new connection for `delay` before passing bytes: a slow connect."""
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay)
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+    return await asyncio.start_server(relay, "127.0.0.1", 0)
+
+
 def test_requests_arriving_while_the_first_connection_is_made_wait_for_it_and_are_counted(
         redis: RedisServer) -> None:
     async def scenario() -> list[bool]:
-        store = RedisStore(redis.url, 0.001)  # far shorter than a connect: they must wait for the first one
+        relay = await start_slow_relay(redis.port, 0.15)
+        port = relay.sockets[0].getsockname()[1]
+        store = RedisStore(f"redis://127.0.0.1:{port}", TIMEOUT)  # the connect takes three times store.timeout
         starting = asyncio.get_running_loop().create_task(store.start())
         plan = DecisionPlan((RateRule.of(3, 3600),))
         verdicts = await asyncio.gather(*(store.decide(plan, [b"early"]) for _ in range(5)))
         await starting
         await store.close()
+        relay.close()
         return [v.allowed for v in verdicts]
 
     assert run(scenario) == [True, True, True, False, False]
