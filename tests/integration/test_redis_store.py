@@ -119,7 +119,7 @@ def test_a_frozen_redis_fails_decisions_within_the_timeout_then_fast_and_recover
 
     first_wave, fast, recovered = run(scenario)
     assert first_wave < TIMEOUT + 0.05
-    assert fast < 0.001
+    assert fast < TIMEOUT / 10  # fails at once, never waiting out store.timeout
     assert recovered < 1.0
 
 
