@@ -176,7 +176,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None and not self._pending:
             self._keep_for_replay(data)
-            upstream.write(chunk(data) if self.framing.chunked else data)
+            upstream.write(data)
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -189,16 +189,14 @@ class Exchange:
             self._end_upstream_body(self.upstream)
 
     def _end_upstream_body(self, upstream: UpstreamConnection) -> None:
-        if self.framing.chunked:
-            upstream.write(LAST_CHUNK)
+        upstream.end_body()
         self.upstream_body_done = True
 
     def _flush_pending(self, upstream: UpstreamConnection) -> None:
         if self._pending:
-            chunked = self.framing.chunked
             for data in self._pending:
                 self._keep_for_replay(data)
-            upstream.write(b"".join(chunk(d) if chunked else d for d in self._pending))
+            upstream.write(b"".join(self._pending))
             self._pending.clear()
             self._pending_bytes = 0
             self.conn.resume_reading_for("body")
@@ -284,10 +282,9 @@ class Exchange:
         assert self.target is not None
         self.upstream = upstream
         self.upstream_body_done = not (self.framing.chunked or self.framing.content_length)
-        upstream.start(self, self._upstream_head(self.target), self.head_only)
+        upstream.start(self, self._upstream_head(self.target), self.head_only, self.framing.chunked)
         if self._replay:
-            data = b"".join(self._replay)
-            upstream.write(chunk(data) if self.framing.chunked else data)
+            upstream.write(b"".join(self._replay))
         if self._pending or not self.upstream_body_done:
             self._flush_pending(upstream)
 
@@ -439,9 +436,13 @@ class Exchange:
         added = self.ctx.response_headers_add
         if added:
             lines = lines + [name + b": " + value + b"\r\n" for name, value in added]
+        self._send_head(status, lines, None if chunked else content_length, has_date)
+
+    def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:
+        """Write the response head to the client (HTTP/1.1 here; the HTTP/2 exchange overrides it)."""
         conn = self.conn
         data, self._chunked_out, close = forwarded_response_head(
-            status, lines, None if chunked else content_length,
+            status, lines, content_length,
             b"" if has_date else conn.gateway.date_line,
             self.head_only, self.ctx.http_version, not self.keep_alive or conn.gateway.draining,
         )
@@ -456,11 +457,13 @@ class Exchange:
         self.last_upstream_activity = self.conn.loop.time()
         self.conn.out.append(chunk(data) if self._chunked_out else data)
 
+    def response_trailers(self, lines: list[bytes]) -> None:
+        """Over HTTP/1.1 trailers are not relayed (few clients ask for them); HTTP/2 relays them."""
+
     def response_complete(self, reusable: bool) -> None:
         if self.finished:
             return
-        if self._chunked_out:
-            self.conn.out.append(LAST_CHUNK)
+        self._send_end()
         upstream, target = self.upstream, self.target
         self.upstream = None
         if upstream is not None and target is not None:
@@ -470,6 +473,11 @@ class Exchange:
         self.finished = True
         self._end()
         self.conn.exchange_finished(self)
+
+    def _send_end(self) -> None:
+        """The response body is complete: end it to the client."""
+        if self._chunked_out:
+            self.conn.out.append(LAST_CHUNK)
 
     def upstream_failed(self, error: HttpError, response_started: bool) -> None:
         if self.finished:

@@ -14,7 +14,7 @@ from typing import Protocol, cast
 import httptools
 
 from frontgate.errors import BadGateway, HttpError
-from frontgate.protocol.http1 import HOP_BY_HOP, header_tokens
+from frontgate.protocol.http1 import HOP_BY_HOP, LAST_CHUNK, chunk, header_tokens
 
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close"})
@@ -34,6 +34,8 @@ class ResponseReceiver(Protocol):
     def response_head(self, status: int, lines: list[bytes], chunked: bool, content_length: int | None) -> None:
         """`lines` are the relayed headers, `name: value\r\n` with lowercase names, hop-by-hop ones gone."""
     def response_body(self, data: bytes) -> None: ...
+    def response_trailers(self, lines: list[bytes]) -> None:
+        """Trailer fields (gRPC's grpc-status), `name: value\r\n` lines; sent before `response_complete`."""
     def response_complete(self, reusable: bool) -> None: ...
     def upstream_failed(self, error: HttpError, response_started: bool) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
@@ -43,6 +45,7 @@ class ResponseReceiver(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
+        "_chunked_body",
         "_content_length",
         "_head_only",
         "_lines",
@@ -67,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._content_length: int | None = None
         self._head_only = False
+        self._chunked_body = False  # the request body goes out chunked
         self.response_started = False
         self.closed = False
         self.uses = 0  # requests sent; 0 means a fresh connection
@@ -78,8 +82,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- used by the exchange ---------------------------------------------------------------------
 
-    def start(self, receiver: ResponseReceiver, head: bytes, head_only: bool) -> None:
-        """Send a request head; `head_only` for HEAD requests, whose responses have no body."""
+    def start(self, receiver: ResponseReceiver, head: bytes, head_only: bool, chunked_body: bool) -> None:
+        """Send a request head; `head_only` for HEAD requests, whose responses have no body. With
+        `chunked_body` the head announced chunked framing and `write`/`end_body` frame the body so."""
         assert self.transport is not None
         self._receiver = receiver
         self._lines = []
@@ -88,13 +93,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._chunked = False
         self._content_length = None
         self._head_only = head_only
+        self._chunked_body = chunked_body
         self.response_started = False
         self.uses += 1
         self.transport.write(head)
 
     def write(self, data: bytes) -> None:
+        """Request body bytes, framed as the head announced."""
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self.transport.write(chunk(data) if self._chunked_body else data)
+
+    def end_body(self) -> None:
+        """The request body is complete."""
+        if self._chunked_body and self.transport is not None and not self.closed:
+            self.transport.write(LAST_CHUNK)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:

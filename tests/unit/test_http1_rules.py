@@ -416,7 +416,7 @@ def test_upstream_response_loses_hop_fields_connection_named_fields_and_content_
 
     upstream = UpstreamConnection()
     upstream.transport = Sink()  # type: ignore[assignment]
-    upstream.start(Receiver(), b"GET / HTTP/1.1\r\n\r\n", head_only=False)  # type: ignore[arg-type]
+    upstream.start(Receiver(), b"GET / HTTP/1.1\r\n\r\n", head_only=False, chunked_body=False)  # type: ignore[arg-type]
     upstream.data_received(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: X-Private, close\r\nx-private: 1\r\n"
         b"keep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nupgrade: h2c\r\ntrailer: x-sum\r\n"
