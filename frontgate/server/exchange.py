@@ -27,7 +27,7 @@ from frontgate.protocol.http1 import (
     forwarded_response_head,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
-from frontgate.upstream.connection import UpstreamConnection, UpstreamReset
+from frontgate.upstream.connection import UpstreamChannel, UpstreamReset
 from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
@@ -56,7 +56,7 @@ class CircuitOpen(ServiceUnavailable):
 class Exchange:
     # Per-request state starts from these class-level defaults: only what differs per request is set in
     # __init__, which runs for every request (no __slots__, so an attribute can fall back to its default).
-    upstream: UpstreamConnection | None = None
+    upstream: UpstreamChannel | None = None
     target: Target | None = None
     target_url: str | None = None
     response_started = False
@@ -64,6 +64,7 @@ class Exchange:
     cut = False  # the response was started and then cut off
     observed = False  # reported to the gateway's accounting (exactly once)
     status = 0
+    grpc_status: int | None = None  # the upstream's grpc-status (HTTP/2 upstreams set it), for the accounting
     bytes_out = 0
     body_bytes = 0
     attempts = 0
@@ -188,11 +189,11 @@ class Exchange:
         if self.upstream is not None and not self._pending and not self.upstream_body_done:
             self._end_upstream_body(self.upstream)
 
-    def _end_upstream_body(self, upstream: UpstreamConnection) -> None:
+    def _end_upstream_body(self, upstream: UpstreamChannel) -> None:
         upstream.end_body()
         self.upstream_body_done = True
 
-    def _flush_pending(self, upstream: UpstreamConnection) -> None:
+    def _flush_pending(self, upstream: UpstreamChannel) -> None:
         if self._pending:
             for data in self._pending:
                 self._keep_for_replay(data)
@@ -278,7 +279,7 @@ class Exchange:
             return
         self._send(upstream)
 
-    def _send(self, upstream: UpstreamConnection) -> None:
+    def _send(self, upstream: UpstreamChannel) -> None:
         assert self.target is not None
         self.upstream = upstream
         self.upstream_body_done = not (self.framing.chunked or self.framing.content_length)
@@ -498,7 +499,10 @@ class Exchange:
             self._stale_retried = True
             self._task = self.conn.loop.create_task(self._connect_and_send(self.target))
             return
-        self._try_failed(Failure.RESET if isinstance(error, UpstreamReset) else Failure.PROTOCOL, error)
+        # An HTTP/2 stream the upstream refused unprocessed fails as a connect error: safe to resend.
+        failure = Failure.CONNECT if isinstance(error, UpstreamConnectError) else (
+            Failure.RESET if isinstance(error, UpstreamReset) else Failure.PROTOCOL)
+        self._try_failed(failure, error)
 
     def flush(self) -> None:
         self.conn.flush()

@@ -7,9 +7,10 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 from frontgate.errors import BadGateway, GatewayTimeout
-from frontgate.upstream.connection import UpstreamConnection
+from frontgate.upstream.connection import UpstreamChannel, UpstreamConnection
 
 
 class UpstreamConnectError(BadGateway):
@@ -29,6 +30,26 @@ class PoolKey:
     max_idle: int
     idle_timeout: float
     connect_timeout: float
+    http2: bool = False  # HTTP/2 (h2c prior knowledge, or ALPN h2 over TLS): frontgate/upstream/h2pool.py
+    grpc: bool = False  # an HTTP/2 upstream declared `protocol: grpc`: the deadline goes as grpc-timeout
+
+
+class UpstreamPool(Protocol):
+    """What the exchange, the balancers and the status pages use of a target's pool."""
+
+    key: PoolKey
+    in_flight: int  # requests the exchanges have in flight to this target
+    connects: int
+    closed: bool
+
+    @property
+    def idle_count(self) -> int: ...
+    def take_idle(self) -> UpstreamChannel | None:
+        """A channel ready for a request at once, or None: then `connect`."""
+    async def connect(self) -> UpstreamChannel: ...
+    def release(self, channel: UpstreamChannel, reusable: bool) -> None: ...
+    def expire_idle(self, now: float) -> None: ...
+    def close(self) -> None: ...
 
 
 class TargetPool:
@@ -74,10 +95,11 @@ class TargetPool:
             raise UpstreamConnectError() from exc
         return conn
 
-    def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        if not reusable or conn.closed or self.closed or len(self._idle) >= self.key.max_idle:
-            conn.close()
+    def release(self, channel: UpstreamChannel, reusable: bool) -> None:
+        if not reusable or channel.closed or self.closed or len(self._idle) >= self.key.max_idle:
+            channel.close()
             return
+        conn = cast(UpstreamConnection, channel)  # the only kind this pool hands out
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
