@@ -111,6 +111,8 @@ def upstream_tls_context(config: Upstream) -> ssl.SSLContext | None:
     tls = config.tls
     context = ssl.create_default_context(cafile=tls.ca if tls else None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if config.protocol != "http":
+        context.set_alpn_protocols(["h2"])  # the pool refuses a target that does not pick it
     if tls is not None:
         if not tls.verify:
             context.check_hostname = False

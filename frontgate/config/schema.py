@@ -192,7 +192,11 @@ class Upstream(Model):
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     pool: Pool = Pool()
     tls: UpstreamTls | None = None
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "http2", "grpc"] = Field(
+        "http",
+        description="http: HTTP/1.1. http2: HTTP/2 (h2c prior knowledge for http:// targets, ALPN h2 for "
+                    "https://). grpc: HTTP/2 with trailers, the deadline sent as grpc-timeout.",
+    )
     preserve_host: bool = Field(True, description="Forward the client's Host (false: the target's host).")
 
     @model_validator(mode="after")

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from frontgate.config.schema import Upstream
 from frontgate.routing.split import sticky_key_from
-from frontgate.upstream.pool import PoolKey, TargetPool
+from frontgate.upstream.h2pool import H2TargetPool
+from frontgate.upstream.pool import PoolKey, TargetPool, UpstreamPool
 from frontgate.upstream.resilience import (
     BreakerSettings,
     CircuitBreaker,
@@ -63,14 +64,14 @@ class UpstreamRegistry:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._pools: dict[PoolKey, TargetPool] = {}
+        self._pools: dict[PoolKey, UpstreamPool] = {}
         self._targets: dict[tuple[str, str], TargetState] = {}
         self._upstreams: dict[str, UpstreamState] = {}
 
-    def pool(self, key: PoolKey) -> TargetPool:
+    def pool(self, key: PoolKey) -> UpstreamPool:
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = TargetPool(key)
+            pool = self._pools[key] = H2TargetPool(key) if key.http2 else TargetPool(key)
         return pool
 
     def target_state(self, upstream: str, url: str) -> TargetState:
@@ -100,7 +101,7 @@ class UpstreamRegistry:
             pool.close()
         self._pools.clear()
 
-    def pools(self) -> list[TargetPool]:
+    def pools(self) -> list[UpstreamPool]:
         return list(self._pools.values())
 
 
@@ -111,7 +112,7 @@ class Target:
     port: int
     weight: int
     host_header: bytes  # `host[:port]` as the target itself would expect it
-    pool: TargetPool
+    pool: UpstreamPool
     state: TargetState
 
 
@@ -168,6 +169,8 @@ class UpstreamCluster:
             max_idle=config.pool.max_idle,
             idle_timeout=config.pool.idle_timeout,
             connect_timeout=config.pool.connect_timeout,
+            http2=config.protocol != "http",
+            grpc=config.protocol == "grpc",
         )
         netloc = f"[{host}]" if ":" in host else host
         default_port = port == (443 if secure else 80)

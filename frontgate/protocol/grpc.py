@@ -1,0 +1,48 @@
+"""gRPC-over-HTTP/2 rules the gateway applies, with no I/O: the `grpc-timeout` header and status codes.
+
+The wire format is gRPC's PROTOCOL-HTTP2.md: `grpc-timeout` is at most eight digits and one unit
+(H, M, S, m, u, n); `grpc-status` is a decimal code from statuscodes.md.
+"""
+
+from __future__ import annotations
+
+# Canonical names (statuscodes.md), index = code. Metrics label by name: readable, and bounded.
+STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)
+_STATUS_CODES = {str(code).encode(): code for code in range(len(STATUS_NAMES))}
+UNKNOWN = 2
+
+_UNIT_SECONDS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_MAX_TIMEOUT_VALUE = 99_999_999  # eight digits
+
+
+def status_code(value: bytes) -> int:
+    """A `grpc-status` value as a code; anything else is UNKNOWN, as gRPC clients read it."""
+    return _STATUS_CODES.get(value.strip(), UNKNOWN)
+
+
+def status_name(code: int) -> str:
+    return STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else STATUS_NAMES[UNKNOWN]
+
+
+def parse_timeout(value: bytes) -> float | None:
+    """A `grpc-timeout` value in seconds, or None when it is malformed."""
+    value = value.strip()
+    digits, unit = value[:-1], value[-1:]
+    if not (1 <= len(digits) <= 8 and digits.isdigit()) or unit not in _UNIT_SECONDS:
+        return None
+    return int(digits) * _UNIT_SECONDS[unit]
+
+
+def format_timeout(milliseconds: int) -> bytes:
+    """`grpc-timeout` for a deadline in whole milliseconds: milliseconds while they fit eight digits (27
+    hours), then coarser units rounded down, so the upstream is never promised more time than it has."""
+    if milliseconds <= _MAX_TIMEOUT_VALUE:
+        return b"%dm" % max(0, milliseconds)
+    seconds = milliseconds // 1000
+    if seconds <= _MAX_TIMEOUT_VALUE:
+        return b"%dS" % seconds
+    return b"%dH" % min(seconds // 3600, _MAX_TIMEOUT_VALUE)
