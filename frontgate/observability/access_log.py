@@ -136,8 +136,8 @@ class AccessLog:
 
     def line(self, record: Record) -> str:
         """The JSON line of a finished request (see frontgate/observability/batch.py for the record)."""
-        (now, started_at, route, method, status, tries, bytes_in, bytes_out, attempts, request_id, trace_id,
-         client_ip, consumer, host, path, state) = record
+        (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, attempts, request_id,
+         trace_id, client_ip, consumer, host, path, state) = record
         wall = now + self._offset
         second = int(wall)
         if second != self._second:
@@ -163,6 +163,7 @@ class AccessLog:
             f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
             f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
             f'"route":{"null" if route is None else _quote(route)},{where},"status":{status},'
+            f'"grpc_status":{"null" if grpc_status is None else grpc_status},'
             f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
             f'"retries":{attempts - 1 if attempts else 0},{outcomes}}}\n'
         )

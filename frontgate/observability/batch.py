@@ -31,9 +31,9 @@ log = logging.getLogger("frontgate.observability")
 FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logged
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
-# (end, start, route name | None, method, status, tries, bytes in, bytes out, attempts, request id,
-#  trace id | None, client ip, consumer | None, host, path, ctx.state); times are monotonic seconds. The
-# last eight are filled only when the access log is on.
+# (end, start, route name | None, method, status, tries, bytes in, bytes out, grpc status | None, attempts,
+#  request id, trace id | None, client ip, consumer | None, host, path, ctx.state); times are monotonic
+# seconds. The last eight are filled only when the access log is on.
 Record = tuple[Any, ...]
 
 
@@ -54,11 +54,13 @@ class Observations:
         route = exchange.route
         if self._access_log is None:
             record: Record = (now, ctx.started, route.name if route is not None else None, ctx.method,
-                              exchange.status, ctx.tries, exchange.body_bytes, exchange.bytes_out)
+                              exchange.status, ctx.tries, exchange.body_bytes, exchange.bytes_out,
+                              exchange.grpc_status)
         else:
             trace = ctx.trace
             record = (now, ctx.started, route.name if route is not None else None, ctx.method, exchange.status,
-                      ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.attempts, ctx.request_id,
+                      ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.grpc_status, exchange.attempts,
+                      ctx.request_id,
                       f"{trace_id_of(trace):032x}" if trace is not None else incoming_trace_id(ctx.header_lines()),
                       ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
         pending = self._pending

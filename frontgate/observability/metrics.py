@@ -6,7 +6,7 @@ bounded labels (method class, status class) once. Nothing is rendered until /met
 
 Labels are bounded by construction: routes and upstreams come from the config (requests no route matched
 count under route "(none)", never under their path), methods are folded into the standard nine and
-"OTHER", statuses into classes, targets are the configured URLs.
+"OTHER", statuses into classes, targets are the configured URLs, gRPC statuses are the 17 codes' names.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, histogram_value
+from frontgate.protocol.grpc import status_name
 
 if TYPE_CHECKING:
     from frontgate.observability.batch import Record
@@ -72,9 +73,11 @@ class RequestMetrics:
         # Keyed by the target's protection state: one per (upstream, url), kept across reloads.
         self._attempts: dict[TargetState, AttemptSeries] = {}
         self._target_labels: dict[TargetState, tuple[str, str]] = {}
+        # (route, upstream, grpc-status code) -> responses; only gRPC responses are counted here
+        self._grpc: dict[tuple[str, str, int], int] = {}
 
     def record(self, record: Record) -> None:
-        now, started_at, route, method, status, tries, bytes_in, bytes_out = record[:8]
+        now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
         upstream = NO_UPSTREAM
         if tries:
             attempts = self._attempts
@@ -100,6 +103,9 @@ class RequestMetrics:
         request.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
         request.bytes_in += bytes_in
         request.bytes_out += bytes_out
+        if grpc_status is not None:
+            grpc_key = (route or NO_ROUTE, upstream, grpc_status)
+            self._grpc[grpc_key] = self._grpc.get(grpc_key, 0) + 1
 
     def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:
         route, method, status, upstream = key
@@ -145,3 +151,8 @@ class RequestMetrics:
             attempts.add((upstream, url, "ok"), float(attempt.ok))
             attempts.add((upstream, url, "error"), float(attempt.errors))
             attempt_durations.add((upstream, url), histogram_value(attempt.buckets, attempt.total))
+        grpc = out.family("frontgate_grpc_responses", "counter",
+                          "Responses of gRPC upstreams, by route, upstream and grpc-status (OK, NOT_FOUND, ...).",
+                          ("route", "upstream", "grpc_status"))
+        for (route, upstream, code), count in self._grpc.items():
+            grpc.add((route, upstream, status_name(code)), float(count))

@@ -24,7 +24,7 @@ from tests.integration.helpers import (
 from tests.integration.observability_helpers import scrape, wait_until
 
 FIELDS = ["time", "request_id", "trace_id", "client_ip", "consumer", "method", "host", "path", "route", "upstream",
-          "target", "upstream_us", "status", "bytes_in", "bytes_out", "duration_us", "retries", "cache",
+          "target", "upstream_us", "status", "grpc_status", "bytes_in", "bytes_out", "duration_us", "retries", "cache",
           "auth_failure", "rate_limit"]
 
 
