@@ -6,7 +6,9 @@ always matches the protobuf runtime installed, and no generated file is kept in 
 
 from __future__ import annotations
 
+import datetime
 import importlib
+import ipaddress
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +18,10 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_tools import protoc
 
 PROTO = Path(__file__).with_name("notes.proto")
@@ -34,6 +40,25 @@ def compile_notes(out_dir: Path) -> tuple[ModuleType, ModuleType]:
         return importlib.import_module("notes_pb2"), importlib.import_module("notes_pb2_grpc")
     finally:
         sys.path.remove(str(out_dir))
+
+
+def self_signed(out_dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = out_dir / "upstream.pem", out_dir / "upstream-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def frame(message: Any) -> bytes:
@@ -58,18 +83,24 @@ def unframe(data: bytes) -> list[bytes]:
 class NotesServer:
     """`Notes` on 127.0.0.1, a port the OS hands out, with a thread pool."""
 
-    def __init__(self, pb2: ModuleType, pb2_grpc: ModuleType, port: int = 0, **options: Any) -> None:
+    def __init__(self, pb2: ModuleType, pb2_grpc: ModuleType, port: int = 0,
+                 credentials: grpc.ServerCredentials | None = None, **options: Any) -> None:
         self.pb2 = pb2
         server_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                           ("grpc.max_send_message_length", MAX_MESSAGE), *options.items()]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=server_options)
         pb2_grpc.add_NotesServicer_to_server(_Notes(pb2), self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
+        address = f"127.0.0.1:{port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        self.scheme = "http" if credentials is None else "https"
         self.server.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = None) -> None:
         self.server.stop(grace).wait(10)

@@ -7,19 +7,22 @@ through a real gateway with an HTTP/1.1 client.
 from __future__ import annotations
 
 import asyncio
+import http.server
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 
 from frontgate.upstream.h2connection import STREAM_WINDOW
 from frontgate.upstream.pool import UpstreamConnectError
 from tests.grpc.driver import WAIT, Received, call, grpc_head, h2_pool, run, take_stream
-from tests.grpc.notes import NotesServer, compile_notes, frame, unframe
+from tests.grpc.notes import NotesServer, compile_notes, frame, self_signed, unframe
 from tests.integration.helpers import free_port, gateway_config, run_gateway
 from tests.integration.observability_helpers import scrape, wait_until
 
@@ -312,3 +315,48 @@ def test_an_http1_client_reaches_a_grpc_upstream_and_the_grpc_status_is_logged_a
     assert [line["grpc_status"] for line in lines] == [0, 5]
     assert metrics.value("frontgate_grpc_responses_total", route="notes", upstream="notes", grpc_status="OK") == 1
     assert metrics.value("frontgate_grpc_responses_total", grpc_status="NOT_FOUND") == 1
+
+
+def test_an_https_grpc_target_is_reached_over_tls_with_alpn_h2(tmp_path: Path, notes: Notes) -> None:
+    cert, key = self_signed(tmp_path)
+    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+    server = NotesServer(*notes, credentials=credentials)
+    routes = [{"name": "notes", "match": {"paths": ["/frontgate.test.Notes"]}, "to": "notes"}]
+    config = gateway_config(free_port(), free_port(), {"notes": [server.url]}, routes)
+    config["upstreams"]["notes"].update(protocol="grpc", tls={"ca": str(cert)})
+    try:
+        with run_gateway(tmp_path, config) as gateway:
+            response = httpx.post(gateway.url("/frontgate.test.Notes/Echo"), content=frame(_note(notes, text="tls")),
+                                  headers={"content-type": "application/grpc"}, timeout=10)
+    finally:
+        server.stop(0)
+    assert response.status_code == 200
+    assert notes[0].Note.FromString(unframe(response.content)[0]).text == "tls"
+
+
+def test_a_tls_target_that_does_not_offer_h2_is_a_502(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    tls_upstream = _tls_http1_server(cert, key)
+    routes = [{"name": "notes", "match": {"paths": ["/frontgate.test.Notes"]}, "to": "notes"}]
+    config = gateway_config(free_port(), free_port(), {"notes": [f"https://127.0.0.1:{tls_upstream.server_port}"]},
+                            routes)
+    config["upstreams"]["notes"].update(protocol="grpc", tls={"ca": str(cert)})
+    try:
+        with run_gateway(tmp_path, config) as gateway:
+            response = httpx.post(gateway.url("/frontgate.test.Notes/Echo"), content=b"\0\0\0\0\0",
+                                  headers={"content-type": "application/grpc"}, timeout=10)
+    finally:
+        tls_upstream.shutdown()
+    assert response.status_code == 502
+    assert response.json()["message"] == "The upstream service does not speak HTTP/2."
+
+
+def _tls_http1_server(cert: Path, key: Path) -> http.server.ThreadingHTTPServer:
+    """An HTTPS server that offers only http/1.1 in ALPN."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
