@@ -195,7 +195,8 @@ class Upstream(Model):
     protocol: Literal["http", "http2", "grpc"] = Field(
         "http",
         description="http: HTTP/1.1. http2: HTTP/2 (h2c prior knowledge for http:// targets, ALPN h2 for "
-                    "https://). grpc: HTTP/2 with trailers, the deadline sent as grpc-timeout.",
+                    "https://). grpc: HTTP/2 with trailers, the deadline sent as grpc-timeout, health checks by "
+                    "grpc.health.v1.Health/Check.",
     )
     preserve_host: bool = Field(True, description="Forward the client's Host (false: the target's host).")
 

@@ -11,12 +11,15 @@ import ssl
 
 from frontgate.config.schema import HealthCheck
 from frontgate.upstream.cluster import Target, UpstreamCluster
+from frontgate.upstream.h2_health import probe_http2
 
 log = logging.getLogger("frontgate.upstream")
 
 
 async def probe(target: Target, check: HealthCheck, tls: ssl.SSLContext | None) -> bool:
     """One probe: True when the target answered an expected status within the timeout."""
+    if target.pool.key.http2:
+        return await probe_http2(target.pool.key, target.host_header, check)
     try:
         async with asyncio.timeout(check.timeout):
             reader, writer = await asyncio.open_connection(

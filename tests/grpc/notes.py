@@ -90,6 +90,11 @@ class NotesServer:
                           ("grpc.max_send_message_length", MAX_MESSAGE), *options.items()]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=server_options)
         pb2_grpc.add_NotesServicer_to_server(_Notes(pb2), self.server)
+        self.serving = True  # what grpc.health.v1.Health/Check answers: SERVING or NOT_SERVING
+        check = grpc.unary_unary_rpc_method_handler(
+            lambda request, context: b"\x08\x01" if self.serving else b"\x08\x02")  # raw HealthCheckResponse
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": check}),))
         address = f"127.0.0.1:{port}"
         if credentials is None:
             self.port = self.server.add_insecure_port(address)

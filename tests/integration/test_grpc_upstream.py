@@ -360,3 +360,22 @@ def _tls_http1_server(cert: Path, key: Path) -> http.server.ThreadingHTTPServer:
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def test_grpc_targets_are_health_checked_with_the_grpc_health_protocol(
+        tmp_path: Path, notes: Notes, server: NotesServer) -> None:
+    routes = [{"name": "notes", "match": {"paths": ["/frontgate.test.Notes"]}, "to": "notes"}]
+    config = gateway_config(free_port(), free_port(), {"notes": [server.url]}, routes)
+    config["upstreams"]["notes"].update(protocol="grpc", health_check={
+        "interval": "100ms", "timeout": "1s", "unhealthy_after": 1, "healthy_after": 1})
+
+    def status() -> int:
+        return httpx.post(gateway.url("/frontgate.test.Notes/Echo"), content=frame(_note(notes, text="up?")),
+                          headers={"content-type": "application/grpc"}, timeout=10).status_code
+
+    with run_gateway(tmp_path, config) as gateway:
+        assert status() == 200
+        server.serving = False
+        wait_until(lambda: status() == 503, timeout=5)  # NOT_SERVING: taken out
+        server.serving = True
+        wait_until(lambda: status() == 200, timeout=5)  # SERVING again: put back

@@ -15,6 +15,7 @@ from frontgate.upstream.h2connection import UpstreamStreamRefused
 from tests.grpc.driver import WAIT, Received, call, h2_pool, request_head, run, take_stream
 from tests.grpc.h2_server import Action, DropMidBody, GoAway, Request, Reset, Respond, ScriptedH2Server
 from tests.integration.helpers import free_port, gateway_config, run_gateway
+from tests.integration.observability_helpers import wait_until
 
 REFUSED_STREAM = 0x7
 
@@ -110,3 +111,26 @@ def test_a_request_refused_by_goaway_is_sent_again_on_a_new_connection(
 
     assert response.status_code == 200 and response.text == "second connection"
     assert server.connections == 2 and [r.connection for r in server.requests] == [1, 2]
+
+
+def test_http2_targets_are_health_checked_over_http2(tmp_path: Path, scripted: list[ScriptedH2Server]) -> None:
+    healthy = [True]
+
+    def answer(request: Request) -> Action:
+        if request.header(":path") == "/ready":
+            return Respond(200 if healthy[0] else 503)
+        return Respond(200, [], b"served")
+
+    server = _server(scripted, answer)
+    config = gateway_config(free_port(), free_port(), {"plain": [server.url]},
+                            [{"name": "plain", "match": {"paths": ["/"]}, "to": "plain"}])
+    config["upstreams"]["plain"].update(protocol="http2", health_check={
+        "path": "/ready", "interval": "100ms", "timeout": "1s", "unhealthy_after": 1, "healthy_after": 1})
+    with run_gateway(tmp_path, config) as gateway:
+        assert httpx.get(gateway.url("/x"), timeout=10).status_code == 200
+        healthy[0] = False
+        wait_until(lambda: httpx.get(gateway.url("/x"), timeout=10).status_code == 503, timeout=5)
+        healthy[0] = True
+        wait_until(lambda: httpx.get(gateway.url("/x"), timeout=10).status_code == 200, timeout=5)
+    assert any(r.header(":path") == "/ready" and r.header("user-agent") == "frontgate-health-check"
+               for r in server.requests)
