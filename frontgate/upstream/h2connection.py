@@ -152,8 +152,8 @@ class H2Stream:
 
     def write(self, data: bytes) -> None:
         """Request body bytes (raw: HTTP/2 frames them)."""
-        if self._local_closed or self.closed or not data:
-            return
+        if self._local_closed or self.closed or not data or not self.stream_id:
+            return  # (no stream id: the start failed, and that failure is on its way to the exchange)
         self._body_taken += len(data)
         if self._pending:
             self._pending.append(data)
@@ -164,7 +164,7 @@ class H2Stream:
         self._update_write_paused()
 
     def end_body(self) -> None:
-        if self._local_closed or self.closed:
+        if self._local_closed or self.closed or not self.stream_id:
             return
         if self._pending:
             self._end_pending = True

@@ -15,6 +15,10 @@ from frontgate.upstream.connection import UpstreamChannel
 from frontgate.upstream.h2connection import H2Stream, H2UpstreamConnection
 from frontgate.upstream.pool import PoolKey, UpstreamConnectError, UpstreamConnectTimeout
 
+# Connections a request may wait for when others take the streams of each first (a peer allowing very few
+# streams per connection, a burst of requests): beyond, it fails as a connect error.
+_OPENS_PER_REQUEST = 4
+
 
 class UpstreamNotHttp2(UpstreamConnectError):
     message = "The upstream service does not speak HTTP/2."
@@ -48,7 +52,7 @@ class H2TargetPool:
         return None
 
     async def connect(self) -> H2Stream:
-        while True:
+        for _ in range(_OPENS_PER_REQUEST):
             opening = self._opening
             if opening is None:
                 opening = self._opening = asyncio.get_running_loop().create_task(self._open())
@@ -57,9 +61,12 @@ class H2TargetPool:
             conn = await asyncio.shield(opening)
             if conn.has_room():
                 return conn.open_stream()
-            stream = self.take_idle()  # it filled up: another connection may have room
+            if conn.closed:
+                break  # closed as soon as it opened: the target is not taking connections
+            stream = self.take_idle()  # it filled up with the requests that waited with this one
             if stream is not None:
                 return stream
+        raise UpstreamConnectError()
 
     async def _open(self) -> H2UpstreamConnection:
         key = self.key
