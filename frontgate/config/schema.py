@@ -54,6 +54,13 @@ class ListenerTls(Model):
 class Listener(Model):
     address: Address = Field(description="HOST:PORT to listen on.")
     tls: ListenerTls | None = None
+    h2c: bool = Field(False, description="Also serve cleartext HTTP/2 with prior knowledge (no TLS listener).")
+
+    @model_validator(mode="after")
+    def _h2c_is_cleartext(self) -> Listener:
+        if self.h2c and self.tls is not None:
+            raise ValueError("h2c is for cleartext listeners; over TLS set tls.http2: true")
+        return self
 
 
 class Limits(Model):

@@ -6,11 +6,12 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
+from frontgate.config.schema import Listener
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.batch import Observations
@@ -22,12 +23,23 @@ from frontgate.upstream.cluster import UpstreamRegistry
 from frontgate.upstream.health import HealthChecker
 
 if TYPE_CHECKING:
-    from frontgate.server.connection import HttpConnection
     from frontgate.server.exchange import Exchange
 
 log = logging.getLogger("frontgate")
 
 _TICK = 0.1  # seconds between deadline sweeps
+
+
+class ClientConnection(Protocol):
+    """What the gateway's sweeper and shutdown need of a client connection (HTTP/1.1 or HTTP/2)."""
+
+    @property
+    def active(self) -> Exchange | None: ...
+    wait_deadline: float
+
+    def check_deadlines(self, now: float) -> None: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def bind_socket(address: str, reuse_port: bool) -> socket.socket:
@@ -51,7 +63,7 @@ class Gateway:
         self.runtime = runtime
         self.pools = pools
         self.loop = loop
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         self.started = time.time()
         self.reloads_ok = 0
@@ -97,25 +109,34 @@ class Gateway:
     async def start(self, reuse_port: bool) -> None:
         """Start plugins (store connections, key fetchers) and health checks first, then listen: the first
         request already meets a ready gateway."""
-        from frontgate.server.connection import HttpConnection
-
         self._tick()
         for plugin in self.runtime.plugins():
             await plugin.startup()
         self.health.start()
         for listener in self.runtime.config.server.listen:
             sock = bind_socket(listener.address, reuse_port)
-            scheme = "https" if listener.tls else "http"
             ssl_context = None
             if listener.tls is not None:
                 from frontgate.server.tls import listener_tls_context
 
                 ssl_context = listener_tls_context(listener.tls)
             server = await self.loop.create_server(
-                lambda scheme=scheme: HttpConnection(self, scheme),
-                sock=sock, ssl=ssl_context, backlog=2048,
+                self._protocol_factory(listener), sock=sock, ssl=ssl_context, backlog=2048,
             )
             self._servers.append(server)
+
+    def _protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """HTTP/1.1 unless the listener offers HTTP/2 (by ALPN over TLS, or by prior knowledge in clear)."""
+        from frontgate.server.connection import HttpConnection
+        from frontgate.server.h2 import AlpnSwitch, PriorKnowledgeSniffer
+
+        if listener.tls is not None:
+            if listener.tls.http2:
+                return lambda: AlpnSwitch(self, "https")
+            return lambda: HttpConnection(self, "https")
+        if listener.h2c:
+            return lambda: PriorKnowledgeSniffer(self)
+        return lambda: HttpConnection(self, "http")
 
     # --- reload -----------------------------------------------------------------------------------
 
