@@ -22,6 +22,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from frontgate.errors import (
     BadRequest,
@@ -122,7 +123,7 @@ class H2Stream:
 
     def request_data(self, data: bytes, flow_controlled: int) -> None:
         exchange = self.exchange
-        if exchange is not None and not exchange.body_complete:
+        if data and exchange is not None and not exchange.body_complete:  # (an empty chunk would end the body)
             self.body_deadline = self.loop.time() + self.connection.timeouts.read_body
             exchange.request_body(data)
         if self._paused_for:
@@ -429,6 +430,9 @@ class H2Connection(asyncio.Protocol):
                 if name == b"content-type" and is_grpc(value):
                     grpc = True
                 lines.append(name + b": " + value + b"\r\n")
+        if self._draining:
+            self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: safe to retry
+            return
         stream = H2Stream(self, stream_id, grpc)
         self.streams[stream_id] = stream
         stream.request_done = ended
@@ -555,8 +559,13 @@ class H2Connection(asyncio.Protocol):
         if not self.streams:
             self.close()
             return
-        self.h2.close_connection(last_stream_id=max(self.streams))
+        # Made by hand: the library's GOAWAY also closes its state machine, and the open streams still
+        # have responses to send. Streams the client opens after this one are refused.
         self.flush()
+        goaway = hyperframe.frame.GoAwayFrame(0)
+        goaway.last_stream_id = max(self.streams)
+        if self.transport is not None:
+            self.transport.write(goaway.serialize())
 
 
 class AlpnSwitch(asyncio.Protocol):
