@@ -15,6 +15,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import httpx
 import hyperframe.frame
 import pytest
@@ -144,6 +145,14 @@ def test_many_concurrent_streams_on_one_connection(h2c_gateway: RunningGateway) 
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
             results = list(pool.map(fetch, range(120)))
     assert results == [(200, f"/n/{i}") for i in range(120)]
+
+
+def test_the_gateway_announces_its_stream_and_header_limits(h2c_gateway: RunningGateway) -> None:
+    conn, sock = _raw_h2(h2c_gateway.port)
+    events = _events_until(conn, sock, h2.events.RemoteSettingsChanged)
+    settings = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)).changed_settings
+    assert settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 100
+    assert settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE].new_value == 16 * 1024
 
 
 def test_routing_errors_and_plugins_work_as_over_http1(h2c_gateway: RunningGateway) -> None:
