@@ -79,9 +79,7 @@ class Gateway:
         # Counted only when someone can read the numbers: /metrics lives on the admin listener.
         self.metrics = RequestMetrics() if observability.metrics.prometheus and runtime.config.admin else None
         self.tracer = Tracer.from_config(observability.tracing)
-        # Exchanges note each upstream try (target, times, outcome) only when one of these will read it.
-        self.record_tries = self.metrics is not None or self.tracer is not None or self.access_log.enabled
-        self.observations = Observations(loop, self.metrics, self.tracer, self.access_log)
+        self._observe_with_current()
         self.health = HealthChecker(list(runtime.clusters.values()))
 
     @classmethod
@@ -166,8 +164,38 @@ class Gateway:
         self.last_reload_error = None
         log.info("reloaded: generation %d, %d routes", runtime.generation, len(runtime.routes))
         self.pools.retain_only(runtime.pool_keys())
+        self._reconfigure_observability(old)
         self.loop.create_task(self._retire(old))
         return True
+
+    def _observe_with_current(self) -> None:
+        # Exchanges note each upstream try (target, times, outcome) only when one of these will read it.
+        self.record_tries = self.metrics is not None or self.tracer is not None or self.access_log.enabled
+        self.observations = Observations(self.loop, self.metrics, self.tracer, self.access_log)
+
+    def _reconfigure_observability(self, old: Runtime) -> None:
+        """A reload re-reads `observability`: what changed is rebuilt (requests already finished are
+        counted and logged under the old settings first); metrics keep counting across reloads."""
+        config, before = self.runtime.config, old.config
+        if config.observability == before.observability and bool(config.admin) == bool(before.admin):
+            return
+        self.observations.flush()
+        settings = config.observability
+        if settings.access_log != before.observability.access_log:
+            retired_log, self.access_log = self.access_log, AccessLog.from_config(settings.access_log)
+            self.loop.run_in_executor(None, retired_log.close)  # joins its writer thread: off the loop
+        if not (settings.metrics.prometheus and config.admin):
+            self.metrics = None
+        elif self.metrics is None:
+            self.metrics = RequestMetrics()
+        if settings.tracing != before.observability.tracing:
+            retired_tracer, self.tracer = self.tracer, Tracer.from_config(settings.tracing)
+            if retired_tracer is not None:
+                self.loop.run_in_executor(None, retired_tracer.close)  # sends what it queued
+        self._observe_with_current()
+        log.info("observability settings changed: access log %s, metrics %s, tracing %s",
+                 "on" if self.access_log.enabled else "off", "on" if self.metrics else "off",
+                 "on" if self.tracer else "off")
 
     async def _retire(self, old: Runtime) -> None:
         # Requests that began on the old generation keep its plugins; give them the drain time to finish.
