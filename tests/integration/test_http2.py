@@ -33,6 +33,7 @@ from tests.integration.helpers import (
 )
 
 BIG = 3 * 1024 * 1024
+SECOND_EVENT_SENT: list[float] = []  # when the upstream sent the second server-sent event
 
 
 def _responder(request: ReceivedRequest, sock: socket.socket) -> bytes | None:
@@ -42,6 +43,12 @@ def _responder(request: ReceivedRequest, sock: socket.socket) -> bytes | None:
     if request.target.startswith("/stream"):
         return (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    if request.target.startswith("/events"):
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"d\r\ndata: first\n\n\r\n")
+        time.sleep(0.6)
+        SECOND_EVENT_SENT.append(time.monotonic())
+        return b"e\r\ndata: second\n\n\r\n0\r\n\r\n"
     if request.target.startswith("/slow"):
         time.sleep(0.5)
         return json_response(200, {"slow": True})
@@ -134,6 +141,18 @@ def test_an_unframed_upstream_body_arrives_whole(h2c_gateway: RunningGateway) ->
     with h2_client() as client:
         response = client.get(h2c_gateway.url("/stream"))
     assert response.text == "hello world"
+
+
+def test_server_sent_events_are_relayed_unbuffered(h2c_gateway: RunningGateway) -> None:
+    SECOND_EVENT_SENT.clear()
+    with h2_client() as client, client.stream("GET", h2c_gateway.url("/events")) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        first_arrived = time.monotonic()
+        rest = b"".join(chunks)
+    assert response.headers["content-type"] == "text/event-stream"
+    assert first == b"data: first\n\n" and rest == b"data: second\n\n"
+    assert first_arrived < SECOND_EVENT_SENT[0]  # the first event did not wait for the rest
 
 
 def test_many_concurrent_streams_on_one_connection(h2c_gateway: RunningGateway) -> None:
