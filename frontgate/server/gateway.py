@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
+from frontgate.config.locations import format_path
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.batch import Observations
@@ -18,6 +20,7 @@ from frontgate.observability.metrics import RequestMetrics
 from frontgate.observability.tracing import Tracer
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
+from frontgate.server.tls import CertificateSelector, TlsListener, reload_problems
 from frontgate.upstream.cluster import UpstreamRegistry
 from frontgate.upstream.health import HealthChecker
 
@@ -98,6 +101,7 @@ class Gateway:
         """Start plugins (store connections, key fetchers) and health checks first, then listen: the first
         request already meets a ready gateway."""
         from frontgate.server.connection import HttpConnection
+        from frontgate.server.tls_connection import TlsConnection
 
         self._tick()
         for plugin in self.runtime.plugins():
@@ -105,17 +109,18 @@ class Gateway:
         self.health.start()
         for listener in self.runtime.config.server.listen:
             sock = bind_socket(listener.address, reuse_port)
-            scheme = "https" if listener.tls else "http"
-            ssl_context = None
-            if listener.tls is not None:
-                from frontgate.server.tls import listener_tls_context
-
-                ssl_context = listener_tls_context(listener.tls)
-            server = await self.loop.create_server(
-                lambda scheme=scheme: HttpConnection(self, scheme),
-                sock=sock, ssl=ssl_context, backlog=2048,
-            )
+            if listener.tls is None:
+                server = await self.loop.create_server(lambda: HttpConnection(self, "http"), sock=sock, backlog=2048)
+            else:
+                tls = TlsListener(functools.partial(self.listener_certificates, listener.address))
+                server = await self.loop.create_server(
+                    lambda: TlsConnection(self, "https"), sock=sock, ssl=tls.context, backlog=2048,
+                )
             self._servers.append(server)
+
+    def listener_certificates(self, address: str) -> CertificateSelector | None:
+        """The current generation's certificates of the TLS listener on `address`."""
+        return self.runtime.listener_certificates.get(address)
 
     # --- reload -----------------------------------------------------------------------------------
 
@@ -123,6 +128,9 @@ class Gateway:
         """Re-read the files, compile aside, swap. A bad file changes nothing; the error is logged."""
         try:
             loaded = load_config(self.config_paths, plugin_models=plugin_models())
+            refused = reload_problems(self.runtime.config.server, loaded.config.server)
+            if refused:
+                raise ConfigError([loaded.problem(format_path(path), message) for path, message in refused])
             runtime = compile_runtime(loaded, self.pools, self.runtime.generation + 1)
             for plugin in runtime.plugins():
                 await plugin.startup()
