@@ -32,14 +32,14 @@ def _key_pem(key: PrivateKey) -> bytes:
 class Issued:
     cert: x509.Certificate
     key: PrivateKey
-    chain_pem: bytes  # leaf, then the CA
+    chain_pem: bytes  # the leaf alone: a root CA is never sent by a well-configured server
 
     @property
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
 
     def write(self, directory: Path, stem: str) -> tuple[str, str]:
-        """Write `<stem>.pem` (the chain) and `<stem>-key.pem`; return both paths."""
+        """Write `<stem>.pem` (the certificate) and `<stem>-key.pem`; return both paths."""
         cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
         cert_path.write_bytes(self.chain_pem)
         key_path.write_bytes(self.key_pem)
@@ -98,4 +98,4 @@ class CA:
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        return Issued(cert, key, _pem(cert) + self.cert_pem)
+        return Issued(cert, key, _pem(cert))
