@@ -57,8 +57,9 @@ class ListenerTls(Model):
 
     @model_validator(mode="after")
     def _client_cert_needs_ca(self) -> ListenerTls:
-        if "client_cert" in self.model_fields_set and self.client_ca is None:
-            raise ValueError("client_cert needs client_ca: the CA bundle client certificates are verified against")
+        if self.client_cert == "required" and self.client_ca is None:
+            raise ValueError("client_cert: required needs client_ca, the CA bundle client certificates are "
+                             "verified against")
         return self
 
 

@@ -93,8 +93,8 @@ def test_client_ca_must_be_readable_and_client_cert_needs_it(tmp_path: Path, pai
         f"9:20: server.listen[0].tls.client_ca: cannot read certificate file '{missing}': "
         "No such file or directory"]
     assert _problems(tmp_path, _listener(*pair, "client_cert: required")) == [
-        "6:9: server.listen[0].tls: client_cert needs client_ca: the CA bundle client certificates are "
-        "verified against"]
+        "6:9: server.listen[0].tls: client_cert: required needs client_ca, the CA bundle client "
+        "certificates are verified against"]
 
 
 def test_upstream_tls_files_and_settings_are_checked(tmp_path: Path, pair: tuple[str, str]) -> None:
