@@ -38,6 +38,7 @@ from frontgate.protocol.http1 import (
 from frontgate.routing.normalize import normalize_path, parse_absolute_form
 from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address, forwarded_node
+from frontgate.tls.client_cert import XFCC_HEADER
 
 if TYPE_CHECKING:
     from frontgate.server.gateway import Gateway
@@ -48,7 +49,7 @@ log = logging.getLogger("frontgate.connection")
 # framing fields are inspected (and re-made by the gateway), forwarding fields are believed only from
 # trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded.
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
-_DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
+_DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 _NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
+from frontgate.config.locations import format_path
 from frontgate.config.schema import Listener
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
@@ -19,6 +21,7 @@ from frontgate.observability.metrics import RequestMetrics
 from frontgate.observability.tracing import Tracer
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
+from frontgate.server.tls import CertificateSelector, TlsListener, reload_problems
 from frontgate.upstream.cluster import UpstreamRegistry
 from frontgate.upstream.health import HealthChecker
 
@@ -115,9 +118,8 @@ class Gateway:
             sock = bind_socket(listener.address, reuse_port)
             ssl_context = None
             if listener.tls is not None:
-                from frontgate.server.tls import listener_tls_context
-
-                ssl_context = listener_tls_context(listener.tls)
+                tls = TlsListener(functools.partial(self.listener_certificates, listener.address))
+                ssl_context = tls.context
             server = await self.loop.create_server(
                 self._protocol_factory(listener), sock=sock, ssl=ssl_context, backlog=2048,
             )
@@ -127,14 +129,19 @@ class Gateway:
         """HTTP/1.1 unless the listener offers HTTP/2 (by ALPN over TLS, or by prior knowledge in clear)."""
         from frontgate.server.connection import HttpConnection
         from frontgate.server.h2 import AlpnSwitch, PriorKnowledgeSniffer
+        from frontgate.server.tls_connection import TlsConnection
 
         if listener.tls is not None:
             if listener.tls.http2:
                 return lambda: AlpnSwitch(self, "https")
-            return lambda: HttpConnection(self, "https")
+            return lambda: TlsConnection(self, "https")
         if listener.h2c:
             return lambda: PriorKnowledgeSniffer(self)
         return lambda: HttpConnection(self, "http")
+
+    def listener_certificates(self, address: str) -> CertificateSelector | None:
+        """The current generation's certificates of the TLS listener on `address`."""
+        return self.runtime.listener_certificates.get(address)
 
     # --- reload -----------------------------------------------------------------------------------
 
@@ -142,6 +149,9 @@ class Gateway:
         """Re-read the files, compile aside, swap. A bad file changes nothing; the error is logged."""
         try:
             loaded = load_config(self.config_paths, plugin_models=plugin_models())
+            refused = reload_problems(self.runtime.config.server, loaded.config.server)
+            if refused:
+                raise ConfigError([loaded.problem(format_path(path), message) for path, message in refused])
             runtime = compile_runtime(loaded, self.pools, self.runtime.generation + 1)
             for plugin in runtime.plugins():
                 await plugin.startup()

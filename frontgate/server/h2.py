@@ -40,6 +40,7 @@ from frontgate.protocol.http1 import HOP_BY_HOP, RequestFraming, error_body, hos
 from frontgate.routing.normalize import normalize_path
 from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
+from frontgate.tls.client_cert import XFCC_HEADER, ClientCertificate, client_certificate
 
 if TYPE_CHECKING:
     from frontgate.server.gateway import Gateway
@@ -53,7 +54,8 @@ CONNECTION_WINDOW = 1024 * 1024
 # Response bytes waiting for the client's window; beyond this the stream's upstream stops being read.
 SEND_HIGH_WATER = 64 * 1024
 _NEVER = float("inf")
-_DROPPED = HOP_BY_HOP | {b"x-request-deadline", b"host", b"content-length"}
+# XFCC: only the gateway sets it, from the verified certificate.
+_DROPPED = HOP_BY_HOP | {b"x-request-deadline", b"host", b"content-length", XFCC_HEADER}
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
@@ -307,6 +309,7 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.client_cert: ClientCertificate | None = None  # verified at the handshake (mTLS), read once
         self.wait_deadline = _NEVER
         self._closing = False
         self._draining = False
@@ -317,6 +320,11 @@ class H2Connection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            der = ssl_object.getpeercert(binary_form=True)
+            if der:
+                self.client_cert = client_certificate(der)
         gateway = self.gateway
         if len(gateway.connections) >= self.limits.max_connections or gateway.draining:
             transport.abort()
@@ -465,8 +473,11 @@ class H2Connection(asyncio.Protocol):
         host = host_without_port(authority)
         if cookies:
             lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        if self.client_cert is not None:
+            lines.append(self.client_cert.header_line)
         runtime = self.gateway.runtime
         ctx = RequestContext(method, path, query, None, host, self.peer_ip, self.peer_ip, self.scheme, "2", lines)
+        ctx.client_cert = self.client_cert
         trusted = forwarding if forwarding and runtime.is_trusted(self.peer_ip) else []
         if trusted:
             ctx.client_ip = client_address(self.peer_ip, trusted, runtime.is_trusted)
@@ -577,7 +588,7 @@ class AlpnSwitch(asyncio.Protocol):
         self.scheme = scheme
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from frontgate.server.connection import HttpConnection
+        from frontgate.server.tls_connection import TlsConnection
 
         ssl_object = transport.get_extra_info("ssl_object")
         chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -585,7 +596,7 @@ class AlpnSwitch(asyncio.Protocol):
         if chosen == "h2":
             protocol = H2Connection(self.gateway, self.scheme)
         else:
-            protocol = HttpConnection(self.gateway, self.scheme)
+            protocol = TlsConnection(self.gateway, self.scheme)
         cast(asyncio.Transport, transport).set_protocol(protocol)
         protocol.connection_made(transport)
 

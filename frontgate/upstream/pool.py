@@ -4,12 +4,16 @@ keeps a target keeps its warm connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
 
 from frontgate.errors import BadGateway, GatewayTimeout
 from frontgate.upstream.connection import UpstreamConnection
+from frontgate.upstream.tls import handshake_failure
+
+log = logging.getLogger("frontgate.upstream")
 
 
 class UpstreamConnectError(BadGateway):
@@ -36,6 +40,7 @@ class TargetPool:
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
+        self.label = f"{key.host}:{key.port}"  # "<upstream> <target url>" once a cluster uses it (for logs)
         self._idle: list[UpstreamConnection] = []
         self.in_flight = 0
         self.connects = 0
@@ -70,7 +75,11 @@ class TargetPool:
                 )
         except TimeoutError as exc:
             raise UpstreamConnectTimeout() from exc
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            # The client gets a plain 502; the operator needs to know which upstream and why.
+            log.error("upstream %s: %s", self.label, handshake_failure(exc))
+            raise UpstreamConnectError() from exc
+        except OSError as exc:
             raise UpstreamConnectError() from exc
         return conn
 
