@@ -8,7 +8,7 @@ from typing import Any
 
 from frontgate.config.schema import GatewayConfig
 
-AUTH_PLUGIN_NAMES = ("jwt", "api_key", "oauth2_introspection")
+AUTH_PLUGIN_NAMES = ("jwt", "api_key", "oauth2_introspection", "mtls")
 
 Segments = list[str | int]
 

@@ -7,7 +7,6 @@ A reload compiles a whole new Runtime aside and swaps it in; requests in flight 
 from __future__ import annotations
 
 import ipaddress
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -17,16 +16,18 @@ from pydantic import BaseModel
 
 from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
-from frontgate.config.schema import GatewayConfig, Route, Upstream
+from frontgate.config.schema import GatewayConfig, Route
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
 from frontgate.routing.router import Router
 from frontgate.routing.split import UpstreamSplit, sticky_key_from
+from frontgate.server.tls import CertificateSelector, certificate_selector
 from frontgate.upstream.cluster import UpstreamCluster, UpstreamRegistry
 from frontgate.upstream.pool import PoolKey
 from frontgate.upstream.retry import RetryPolicy
+from frontgate.upstream.tls import upstream_tls_context
 
 RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
@@ -71,6 +72,9 @@ class Runtime:
     unrouted_plugins: tuple[Plugin, ...]
     routes_on_headers: bool  # some route matches on headers: only then does routing need them
     build: BuildContext
+    # Each TLS listener's certificates of this generation, by address: new handshakes pick from here, so a
+    # reload serves re-read certificate files (frontgate/server/tls.py).
+    listener_certificates: dict[str, CertificateSelector] = field(default_factory=dict)
     is_trusted: Callable[[str], bool] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,23 +109,6 @@ class Runtime:
         return keys
 
 
-def upstream_tls_context(config: Upstream) -> ssl.SSLContext | None:
-    if not any(t.startswith("https://") for t in (w.url for w in config.weighted_targets)):
-        return None
-    tls = config.tls
-    context = ssl.create_default_context(cafile=tls.ca if tls else None)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config.protocol != "http":
-        context.set_alpn_protocols(["h2"])  # the pool refuses a target that does not pick it
-    if tls is not None:
-        if not tls.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if tls.cert:
-            context.load_cert_chain(tls.cert, tls.key)
-    return context
-
-
 def compile_runtime(loaded: LoadedConfig, pools: UpstreamRegistry, generation: int) -> Runtime:
     config = loaded.config
     clusters = {
@@ -150,6 +137,10 @@ def compile_runtime(loaded: LoadedConfig, pools: UpstreamRegistry, generation: i
         unrouted_plugins=tuple(unrouted),
         routes_on_headers=any(r.match.headers for r in config.routes),
         build=build,
+        listener_certificates={
+            listener.address: certificate_selector(listener.tls)
+            for listener in config.server.listen if listener.tls is not None
+        },
     )
 
 

@@ -45,6 +45,7 @@ from frontgate.config.locations import (
     walk,
 )
 from frontgate.config.schema import GatewayConfig
+from frontgate.config.tls_checks import tls_problems
 from frontgate.errors import ConfigError, ConfigProblem
 
 _TAG = "tag:yaml.org,2002:"
@@ -373,6 +374,7 @@ def _cross_references(config: GatewayConfig, root: Node) -> list[ConfigProblem]:
         *_duplicate_routes(config, root),
         *_listener_clashes(config, root),
         *(_problem_at(root, segments, message) for segments, message in auth_problems(config)),
+        *(_problem_at(root, segments, message) for segments, message in tls_problems(config)),
     ]
 
 

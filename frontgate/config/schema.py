@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from frontgate.tls.subjects import normalize_subject
 from frontgate.units import parse_duration, parse_size
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -45,15 +46,33 @@ class TlsCertificate(Model):
 
 
 class ListenerTls(Model):
-    certificates: list[TlsCertificate] = Field(min_length=1, description="Chosen by SNI; the first is default.")
-    client_ca: str | None = Field(None, description="CA bundle for client certificates (mTLS).")
-    client_cert: Literal["optional", "required"] = "optional"
+    certificates: list[TlsCertificate] = Field(
+        min_length=1, description="Chosen by SNI against each certificate's DNS names; the first is the default."
+    )
+    client_ca: str | None = Field(None, description="CA bundle for client certificates (mTLS); asks for one.")
+    client_cert: Literal["optional", "required"] = Field(
+        "optional", description="required: no handshake without a certificate; optional: unauthenticated."
+    )
     http2: bool = Field(False, description="Offer h2 by ALPN.")
+
+    @model_validator(mode="after")
+    def _client_cert_needs_ca(self) -> ListenerTls:
+        if self.client_cert == "required" and self.client_ca is None:
+            raise ValueError("client_cert: required needs client_ca, the CA bundle client certificates are "
+                             "verified against")
+        return self
 
 
 class Listener(Model):
     address: Address = Field(description="HOST:PORT to listen on.")
     tls: ListenerTls | None = None
+    h2c: bool = Field(False, description="Also serve cleartext HTTP/2 with prior knowledge (no TLS listener).")
+
+    @model_validator(mode="after")
+    def _h2c_is_cleartext(self) -> Listener:
+        if self.h2c and self.tls is not None:
+            raise ValueError("h2c is for cleartext listeners; over TLS set tls.http2: true")
+        return self
 
 
 class Limits(Model):
@@ -135,10 +154,16 @@ class Pool(Model):
 
 class UpstreamTls(Model):
     ca: str | None = Field(None, description="CA bundle to verify the upstream; the system store when absent.")
-    cert: str | None = None
-    key: str | None = None
+    cert: str | None = Field(None, description="The gateway's client certificate chain (mTLS to the upstream).")
+    key: str | None = Field(None, description="The private key of `cert`.")
     server_name: str | None = Field(None, description="SNI and name to verify; the target host by default.")
-    verify: bool = True
+    verify: bool = Field(True, description="false: no verification at all (tests only).")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> UpstreamTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: set both or neither")
+        return self
 
 
 def _check_ratio(value: object) -> object:
@@ -440,7 +465,11 @@ class Consumer(Model):
     api_keys: list[Annotated[str, BeforeValidator(_check_key_hash)]] = Field(
         default_factory=list, description="sha256: hashes of this consumer's API keys."
     )
-    mtls_subjects: list[str] = Field(default_factory=list, description="Client certificate subjects, e.g. CN=x.")
+    mtls_subjects: list[Annotated[str, AfterValidator(normalize_subject)]] = Field(
+        default_factory=list,
+        description="Client certificate subjects (RFC 4514, most specific first, e.g. CN=billing.internal,O=Acme), "
+        "matched exactly after normalizing the spelling (docs/tls.md).",
+    )
 
 
 _STORE_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")

@@ -13,6 +13,7 @@ from frontgate.protocol.http1 import split_lines
 if TYPE_CHECKING:
     from frontgate.config.compile import CompiledRoute
     from frontgate.observability.tracing import Trace
+    from frontgate.tls.client_cert import ClientCertificate
 
 # Request ids: a random per-process prefix and a counter. Unique across workers and restarts, and far
 # cheaper than uuid4 on the hot path.
@@ -49,6 +50,8 @@ class RequestContext:
     route: CompiledRoute | None = None
     consumer: str | None = None
     claims: dict[str, Any] | None = None
+    # The verified client certificate of the connection (mTLS listeners only), parsed once per connection.
+    client_cert: ClientCertificate | None = None
     # Headers for whatever response this request gets, the upstream's or the gateway's own (a 429 too), set
     # by a request hook: cheaper than an on_response hook for a plugin that only adds fields.
     response_headers_add: list[tuple[bytes, bytes]] | None = None

@@ -11,6 +11,7 @@ from frontgate.plugins.body_limit import BodyLimitPlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
 from frontgate.plugins.ip_restriction import IpRestrictionPlugin
 from frontgate.plugins.jwt import JwtPlugin
+from frontgate.plugins.mtls import MtlsPlugin
 from frontgate.plugins.oauth2_introspection import IntrospectionPlugin
 from frontgate.plugins.rate_limit import RateLimitPlugin
 from frontgate.plugins.request_id import RequestIdPlugin
@@ -19,7 +20,7 @@ from frontgate.plugins.rewrite import RewritePlugin
 REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
-                JwtPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
+                JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
                 RateLimitPlugin)
 }
 

@@ -1,11 +1,14 @@
-"""allow: who may use a route, once authenticated: consumers, groups, scopes, client addresses.
+"""allow: who may use a route, once authenticated: consumers, groups, scopes, client addresses, client
+certificate subjects.
 
     allow: {groups: [first-party], scopes: ["orders:read"]}
+    allow: {subjects: ["CN=billing.internal,O=Acme"]}      # the verified mTLS client certificate
 
 Each list given is a condition and all conditions must hold: `consumers` and `groups` are any-of (the
 consumer is one of, or in one of), `scopes` are all-of (from the `scope` claim, space-separated, or `scp`,
-a list or string, or an introspection answer's `scope`), `ips` any-of. No identity at all when one is
-needed: 401. An identity without the right to the route: 403.
+a list or string, or an introspection answer's `scope`), `ips` any-of, `subjects` any-of (exact, on the
+normalized RFC 4514 subject: see frontgate/tls/subjects.py). No identity at all when one is needed (no
+credential, no client certificate): 401. An identity without the right to the route: 403.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from frontgate.auth.consumers import consumer_table
 from frontgate.auth.errors import Forbidden, Unauthorized
@@ -23,6 +26,7 @@ from frontgate.auth.metrics import record_failure
 from frontgate.config.schema import Route
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+from frontgate.tls.subjects import normalize_subject
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,6 +74,9 @@ class AllowConfig(PluginConfig):
     groups: list[str] = Field(default_factory=list, description="A consumer in any of these groups.")
     scopes: list[str] = Field(default_factory=list, description="All of these scopes.")
     ips: list[str] = Field(default_factory=list, description="Client addresses or CIDRs (any of).")
+    subjects: list[Annotated[str, AfterValidator(normalize_subject)]] = Field(
+        default_factory=list, description="Verified client certificate subjects, RFC 4514 (any of)."
+    )
 
     @field_validator("ips")
     @classmethod
@@ -90,6 +97,7 @@ class AllowPlugin(Plugin):
         self._groups = frozenset(config.groups)
         self._scopes = frozenset(config.scopes)
         self._ips = network_matcher(config.ips) if config.ips else None
+        self._subjects = frozenset(config.subjects)
         self._needs_identity = bool(self._consumers or self._groups or self._scopes)
         wanted = " ".join(sorted(self._scopes)).encode("utf-8")
         self._scope_challenge = b'Bearer error="insufficient_scope", scope="' + wanted + b'"'
@@ -101,6 +109,13 @@ class AllowPlugin(Plugin):
     async def on_request(self, ctx: RequestContext) -> Reply | None:
         if self._ips is not None and not self._ips(ctx.client_ip):
             raise self._deny(ctx, "ip_not_allowed")
+        if self._subjects:
+            cert = ctx.client_cert
+            if cert is None:
+                record_failure(ctx, self.name, "no_client_certificate")
+                raise Unauthorized(headers=[(b"www-authenticate", b"ClientCertificate")])
+            if cert.subject not in self._subjects:
+                raise self._deny(ctx, "subject_not_allowed")
         if not self._needs_identity:
             return None
         consumer = ctx.consumer

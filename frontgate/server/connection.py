@@ -25,7 +25,7 @@ from frontgate.errors import (
     RequestTimeout,
     UriTooLong,
 )
-from frontgate.pipeline.context import RequestContext, ResponseHead, new_request_id
+from frontgate.pipeline.context import RequestContext, new_request_id
 from frontgate.protocol.http1 import (
     HOP_BY_HOP,
     RequestFraming,
@@ -36,8 +36,9 @@ from frontgate.protocol.http1 import (
     valid_host,
 )
 from frontgate.routing.normalize import normalize_path, parse_absolute_form
-from frontgate.server.exchange import Exchange
+from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address, forwarded_node
+from frontgate.tls.client_cert import XFCC_HEADER
 
 if TYPE_CHECKING:
     from frontgate.server.gateway import Gateway
@@ -48,7 +49,7 @@ log = logging.getLogger("frontgate.connection")
 # framing fields are inspected (and re-made by the gateway), forwarding fields are believed only from
 # trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded.
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
-_DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
+_DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 _NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())
@@ -371,13 +372,7 @@ class HttpConnection(asyncio.Protocol):
         force_close: bool = False,
     ) -> None:
         """A reply the gateway makes itself. Response hooks still run (request id echo, CORS, ...)."""
-        if exchange.ctx.response_headers_add:
-            headers = headers + exchange.ctx.response_headers_add
-        head = ResponseHead(status, headers)
-        route = exchange.route
-        hooks = route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks
-        for hook in hooks:
-            hook(exchange.ctx, head)
+        head = local_reply_head(exchange, status, headers)
         close = force_close or not exchange.keep_alive or not exchange.body_complete or self.gateway.draining
         self.write(render_response(head.status, body, head.headers, content_type, close, self.gateway.date_line,
                                    exchange.head_only))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
@@ -32,9 +32,39 @@ from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:
-    from frontgate.server.connection import HttpConnection
+    from frontgate.server.gateway import Gateway
 
 log = logging.getLogger("frontgate.exchange")
+
+
+class Downstream(Protocol):
+    """The client side an exchange answers on: an HTTP/1.1 connection, or one HTTP/2 stream."""
+
+    loop: asyncio.AbstractEventLoop
+    gateway: Gateway
+    out: list[bytes]
+
+    def write(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def send_error(self, exchange: Exchange, error: HttpError) -> None: ...
+    def send_local(self, exchange: Exchange, status: int, body: bytes, headers: list[tuple[bytes, bytes]],
+                   content_type: bytes | None, force_close: bool = False) -> None: ...
+    def exchange_finished(self, exchange: Exchange) -> None: ...
+    def abort_exchange(self, exchange: Exchange) -> None: ...
+    def pause_reading_for(self, reason: str) -> None: ...
+    def resume_reading_for(self, reason: str) -> None: ...
+
+
+def local_reply_head(exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> ResponseHead:
+    """The head of a reply the gateway makes itself, after the response hooks (request id echo, CORS...)
+    and the headers request hooks asked for on every response."""
+    if exchange.ctx.response_headers_add:
+        headers = headers + exchange.ctx.response_headers_add
+    head = ResponseHead(status, headers)
+    route = exchange.route
+    for hook in route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks:
+        hook(exchange.ctx, head)
+    return head
 
 # Request body bytes held while the upstream connection is not ready yet; beyond this, stop reading.
 BODY_BUFFER_HIGH_WATER = 64 * 1024
@@ -84,7 +114,7 @@ class Exchange:
 
     def __init__(
         self,
-        conn: HttpConnection,
+        conn: Downstream,
         runtime: Runtime,
         ctx: RequestContext,
         framing: RequestFraming,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
+from frontgate.config.locations import format_path
+from frontgate.config.schema import Listener
 from frontgate.errors import ConfigError
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.batch import Observations
@@ -18,16 +21,28 @@ from frontgate.observability.metrics import RequestMetrics
 from frontgate.observability.tracing import Tracer
 from frontgate.plugins import plugin_models
 from frontgate.protocol.http1 import date_line
+from frontgate.server.tls import CertificateSelector, TlsListener, reload_problems
 from frontgate.upstream.cluster import UpstreamRegistry
 from frontgate.upstream.health import HealthChecker
 
 if TYPE_CHECKING:
-    from frontgate.server.connection import HttpConnection
     from frontgate.server.exchange import Exchange
 
 log = logging.getLogger("frontgate")
 
 _TICK = 0.1  # seconds between deadline sweeps
+
+
+class ClientConnection(Protocol):
+    """What the gateway's sweeper and shutdown need of a client connection (HTTP/1.1 or HTTP/2)."""
+
+    @property
+    def active(self) -> Exchange | None: ...
+    wait_deadline: float
+
+    def check_deadlines(self, now: float) -> None: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def bind_socket(address: str, reuse_port: bool) -> socket.socket:
@@ -51,7 +66,7 @@ class Gateway:
         self.runtime = runtime
         self.pools = pools
         self.loop = loop
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         self.started = time.time()
         self.reloads_ok = 0
@@ -67,9 +82,7 @@ class Gateway:
         # Counted only when someone can read the numbers: /metrics lives on the admin listener.
         self.metrics = RequestMetrics() if observability.metrics.prometheus and runtime.config.admin else None
         self.tracer = Tracer.from_config(observability.tracing)
-        # Exchanges note each upstream try (target, times, outcome) only when one of these will read it.
-        self.record_tries = self.metrics is not None or self.tracer is not None or self.access_log.enabled
-        self.observations = Observations(loop, self.metrics, self.tracer, self.access_log)
+        self._observe_with_current()
         self.health = HealthChecker(list(runtime.clusters.values()))
 
     @classmethod
@@ -97,25 +110,38 @@ class Gateway:
     async def start(self, reuse_port: bool) -> None:
         """Start plugins (store connections, key fetchers) and health checks first, then listen: the first
         request already meets a ready gateway."""
-        from frontgate.server.connection import HttpConnection
-
         self._tick()
         for plugin in self.runtime.plugins():
             await plugin.startup()
         self.health.start()
         for listener in self.runtime.config.server.listen:
             sock = bind_socket(listener.address, reuse_port)
-            scheme = "https" if listener.tls else "http"
             ssl_context = None
             if listener.tls is not None:
-                from frontgate.server.tls import listener_tls_context
-
-                ssl_context = listener_tls_context(listener.tls)
+                tls = TlsListener(functools.partial(self.listener_certificates, listener.address))
+                ssl_context = tls.context
             server = await self.loop.create_server(
-                lambda scheme=scheme: HttpConnection(self, scheme),
-                sock=sock, ssl=ssl_context, backlog=2048,
+                self._protocol_factory(listener), sock=sock, ssl=ssl_context, backlog=2048,
             )
             self._servers.append(server)
+
+    def _protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
+        """HTTP/1.1 unless the listener offers HTTP/2 (by ALPN over TLS, or by prior knowledge in clear)."""
+        from frontgate.server.connection import HttpConnection
+        from frontgate.server.h2 import AlpnSwitch, PriorKnowledgeSniffer
+        from frontgate.server.tls_connection import TlsConnection
+
+        if listener.tls is not None:
+            if listener.tls.http2:
+                return lambda: AlpnSwitch(self, "https")
+            return lambda: TlsConnection(self, "https")
+        if listener.h2c:
+            return lambda: PriorKnowledgeSniffer(self)
+        return lambda: HttpConnection(self, "http")
+
+    def listener_certificates(self, address: str) -> CertificateSelector | None:
+        """The current generation's certificates of the TLS listener on `address`."""
+        return self.runtime.listener_certificates.get(address)
 
     # --- reload -----------------------------------------------------------------------------------
 
@@ -123,6 +149,9 @@ class Gateway:
         """Re-read the files, compile aside, swap. A bad file changes nothing; the error is logged."""
         try:
             loaded = load_config(self.config_paths, plugin_models=plugin_models())
+            refused = reload_problems(self.runtime.config.server, loaded.config.server)
+            if refused:
+                raise ConfigError([loaded.problem(format_path(path), message) for path, message in refused])
             runtime = compile_runtime(loaded, self.pools, self.runtime.generation + 1)
             for plugin in runtime.plugins():
                 await plugin.startup()
@@ -145,8 +174,38 @@ class Gateway:
         self.last_reload_error = None
         log.info("reloaded: generation %d, %d routes", runtime.generation, len(runtime.routes))
         self.pools.retain_only(runtime.pool_keys())
+        self._reconfigure_observability(old)
         self.loop.create_task(self._retire(old))
         return True
+
+    def _observe_with_current(self) -> None:
+        # Exchanges note each upstream try (target, times, outcome) only when one of these will read it.
+        self.record_tries = self.metrics is not None or self.tracer is not None or self.access_log.enabled
+        self.observations = Observations(self.loop, self.metrics, self.tracer, self.access_log)
+
+    def _reconfigure_observability(self, old: Runtime) -> None:
+        """A reload re-reads `observability`: what changed is rebuilt (requests already finished are
+        counted and logged under the old settings first); metrics keep counting across reloads."""
+        config, before = self.runtime.config, old.config
+        if config.observability == before.observability and bool(config.admin) == bool(before.admin):
+            return
+        self.observations.flush()
+        settings = config.observability
+        if settings.access_log != before.observability.access_log:
+            retired_log, self.access_log = self.access_log, AccessLog.from_config(settings.access_log)
+            self.loop.run_in_executor(None, retired_log.close)  # joins its writer thread: off the loop
+        if not (settings.metrics.prometheus and config.admin):
+            self.metrics = None
+        elif self.metrics is None:
+            self.metrics = RequestMetrics()
+        if settings.tracing != before.observability.tracing:
+            retired_tracer, self.tracer = self.tracer, Tracer.from_config(settings.tracing)
+            if retired_tracer is not None:
+                self.loop.run_in_executor(None, retired_tracer.close)  # sends what it queued
+        self._observe_with_current()
+        log.info("observability settings changed: access log %s, metrics %s, tracing %s",
+                 "on" if self.access_log.enabled else "off", "on" if self.metrics else "off",
+                 "on" if self.tracer else "off")
 
     async def _retire(self, old: Runtime) -> None:
         # Requests that began on the old generation keep its plugins; give them the drain time to finish.

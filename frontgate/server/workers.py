@@ -50,7 +50,8 @@ async def _serve(config_paths: Sequence[str], index: int, workers: int, reuse_po
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload()))
-    loop.add_signal_handler(signal.SIGUSR1, gateway.access_log.reopen)  # after log rotation
+    loop.add_signal_handler(signal.SIGUSR1, lambda: gateway.access_log.reopen())  # after log rotation (the log
+    # object is looked up each time: a reload may have replaced it)
     addresses = ", ".join(listener.address for listener in gateway.runtime.config.server.listen)
     log.info("worker %d (pid %d) serving %s", index, os.getpid(), addresses)
     await stop.wait()

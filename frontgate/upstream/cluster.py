@@ -175,7 +175,9 @@ class UpstreamCluster:
         netloc = f"[{host}]" if ":" in host else host
         default_port = port == (443 if secure else 80)
         host_header = (netloc if default_port else f"{netloc}:{port}").encode("ascii")
-        return Target(url, host, port, weight, host_header, registry.pool(key), registry.target_state(self.name, url))
+        pool = registry.pool(key)
+        pool.label = f"{self.name} target {url}"
+        return Target(url, host, port, weight, host_header, pool, registry.target_state(self.name, url))
 
     def pool_keys(self) -> set[PoolKey]:
         return {t.pool.key for t in self.targets}

@@ -9,11 +9,15 @@ connection that has carried its last stream stays for `pool.idle_timeout`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
 from frontgate.upstream.connection import UpstreamChannel
 from frontgate.upstream.h2connection import H2Stream, H2UpstreamConnection
 from frontgate.upstream.pool import PoolKey, UpstreamConnectError, UpstreamConnectTimeout
+from frontgate.upstream.tls import handshake_failure
+
+log = logging.getLogger("frontgate.upstream")
 
 # Connections a request may wait for when others take the streams of each first (a peer allowing very few
 # streams per connection, a burst of requests): beyond, it fails as a connect error.
@@ -27,6 +31,7 @@ class UpstreamNotHttp2(UpstreamConnectError):
 class H2TargetPool:
     def __init__(self, key: PoolKey) -> None:
         self.key = key
+        self.label = f"{key.host}:{key.port}"  # "<upstream> target <url>" once a cluster uses it (for logs)
         self.in_flight = 0
         self.connects = 0
         self.closed = False
@@ -80,12 +85,17 @@ class H2TargetPool:
                 )
         except TimeoutError as exc:
             raise UpstreamConnectTimeout() from exc
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            # The client gets a plain 502; the operator needs to know which upstream and why.
+            log.error("upstream %s: %s", self.label, handshake_failure(exc))
+            raise UpstreamConnectError() from exc
+        except OSError as exc:
             raise UpstreamConnectError() from exc
         if key.tls is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
                 transport.abort()
+                log.error("upstream %s: the target did not choose h2 in the TLS handshake (ALPN)", self.label)
                 raise UpstreamNotHttp2()
         self._connections.append(conn)
         return conn

@@ -12,6 +12,7 @@ import ssl
 from frontgate.config.schema import HealthCheck
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.h2_health import probe_http2
+from frontgate.upstream.tls import handshake_failure
 
 log = logging.getLogger("frontgate.upstream")
 
@@ -22,8 +23,9 @@ async def probe(target: Target, check: HealthCheck, tls: ssl.SSLContext | None) 
         return await probe_http2(target.pool.key, target.host_header, check)
     try:
         async with asyncio.timeout(check.timeout):
+            # The same context and name as the pool's connections: a probe verifies what requests verify.
             reader, writer = await asyncio.open_connection(
-                target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
+                target.host, target.port, ssl=tls, server_hostname=target.pool.key.server_hostname if tls else None
             )
             try:
                 host = check.host.encode() if check.host else target.host_header
@@ -34,7 +36,10 @@ async def probe(target: Target, check: HealthCheck, tls: ssl.SSLContext | None) 
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-    except (OSError, TimeoutError, ssl.SSLError):
+    except ssl.SSLError as exc:
+        log.warning("health check of %s: %s", target.state.name, handshake_failure(exc))
+        return False
+    except (OSError, TimeoutError):
         return False
     parts = status_line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():

@@ -4,6 +4,7 @@ keeps a target keeps its warm connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from dataclasses import dataclass
@@ -11,6 +12,9 @@ from typing import Protocol, cast
 
 from frontgate.errors import BadGateway, GatewayTimeout
 from frontgate.upstream.connection import UpstreamChannel, UpstreamConnection
+from frontgate.upstream.tls import handshake_failure
+
+log = logging.getLogger("frontgate.upstream")
 
 
 class UpstreamConnectError(BadGateway):
@@ -38,6 +42,7 @@ class UpstreamPool(Protocol):
     """What the exchange, the balancers and the status pages use of a target's pool."""
 
     key: PoolKey
+    label: str  # for logs: "<upstream> target <url>" once a cluster uses it
     in_flight: int  # requests the exchanges have in flight to this target
     connects: int
     closed: bool
@@ -57,6 +62,7 @@ class TargetPool:
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
+        self.label = f"{key.host}:{key.port}"  # "<upstream> <target url>" once a cluster uses it (for logs)
         self._idle: list[UpstreamConnection] = []
         self.in_flight = 0
         self.connects = 0
@@ -91,7 +97,11 @@ class TargetPool:
                 )
         except TimeoutError as exc:
             raise UpstreamConnectTimeout() from exc
-        except (OSError, ssl.SSLError) as exc:
+        except ssl.SSLError as exc:
+            # The client gets a plain 502; the operator needs to know which upstream and why.
+            log.error("upstream %s: %s", self.label, handshake_failure(exc))
+            raise UpstreamConnectError() from exc
+        except OSError as exc:
             raise UpstreamConnectError() from exc
         return conn
 

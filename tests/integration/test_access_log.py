@@ -135,3 +135,26 @@ def test_switched_off_it_writes_nothing(tmp_path: Path, upstream: RecordingUpstr
         assert httpx.get(gateway.url("/orders")).status_code == 200
         time.sleep(0.4)
         assert gateway.access_log() == []
+
+
+def test_a_reload_applies_new_access_log_settings(tmp_path: Path, upstream: RecordingUpstream) -> None:
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    config = _config(upstream, False)
+    with run_gateway(tmp_path, config) as gateway, httpx.Client() as client:
+        assert client.get(gateway.url("/orders/unlogged")).status_code == 200
+        for target, path in ((first, "/orders/to-first"), (second, "/orders/to-second")):
+            config["observability"] = {"access_log": {"to": str(target)}}
+            gateway.config_path.write_text(json.dumps(config))
+            gateway.process.send_signal(signal.SIGHUP)
+            assert wait_until(lambda target=target: _reloaded_to(client, gateway, target), timeout=10)
+            assert client.get(gateway.url(path)).status_code == 200
+            assert wait_until(lambda target=target, path=path: path in [x["path"] for x in _lines(target)])
+    assert all(line["path"] != "/orders/unlogged" for line in _lines(first) + _lines(second))
+    assert "/orders/to-second" not in [line["path"] for line in _lines(first)]
+
+
+def _reloaded_to(client: httpx.Client, gateway: RunningGateway, target: Path) -> bool:
+    """Probe until a request lands in `target` (the reload happened); probes are not counted as test paths."""
+    client.get(gateway.url("/orders/probe"))
+    time.sleep(0.15)
+    return any(line["path"] == "/orders/probe" for line in _lines(target))

@@ -3,7 +3,9 @@ opentelemetry-proto), and the upstream records the traceparent it was sent."""
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import socket
 import threading
 import time
@@ -203,3 +205,28 @@ def test_a_dead_collector_slows_no_request(tmp_path: Path, upstream: RecordingUp
         assert time.monotonic() - started < 10
         time.sleep(1.5)
         assert client.get(gateway.url("/orders")).status_code == 200
+
+
+def test_a_reload_switches_tracing_on_and_off(tmp_path: Path, upstream: RecordingUpstream,
+                                              collector: OtlpCollector) -> None:
+    config = _config(upstream, None)
+    with run_gateway(tmp_path, config) as gateway, httpx.Client() as client:
+        assert client.get(gateway.url("/orders/before")).status_code == 200
+        config["observability"]["tracing"] = {"otlp_endpoint": collector.endpoint, "sample_ratio": 1.0}
+        gateway.config_path.write_text(json.dumps(config))
+        gateway.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not collector.spans and time.monotonic() < deadline:
+            client.get(gateway.url("/orders/traced"))
+            time.sleep(0.3)
+        assert collector.spans, "tracing did not start after the reload"
+        del config["observability"]["tracing"]
+        gateway.config_path.write_text(json.dumps(config))
+        gateway.process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        exported = len(collector.spans)
+        for _ in range(3):
+            assert client.get(gateway.url("/orders/after")).status_code == 200
+        time.sleep(1.5)  # longer than the export interval
+    assert len(collector.spans) == exported
+    assert all("/orders/before" not in str(span.attributes) for span in collector.spans)

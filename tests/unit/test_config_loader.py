@@ -92,7 +92,8 @@ def problems(paths: list[str], environ: dict[str, str] | None = None, **kwargs: 
 # --- a whole valid file -------------------------------------------------------------------------------
 
 
-def test_spec_shaped_config_loads_with_units_anchors_and_plugin_models() -> None:
+def test_spec_shaped_config_loads_with_units_anchors_and_plugin_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(CONFIGS)  # its certificate files (tls/*.pem) are named relative to the directory
     loaded = load([str(CONFIGS / "gateway.yaml")], plugin_models=PLUGINS)
     config = loaded.config
     assert config.server.limits.max_header_bytes == 16 * 1024
@@ -114,7 +115,8 @@ def test_spec_shaped_config_loads_with_units_anchors_and_plugin_models() -> None
     assert loaded.sources == [str(CONFIGS / "gateway.yaml")]
 
 
-def test_locate_finds_where_a_field_was_written_for_later_semantic_checks() -> None:
+def test_locate_finds_where_a_field_was_written_for_later_semantic_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(CONFIGS)
     path = str(CONFIGS / "gateway.yaml")
     loaded = load([path], plugin_models=PLUGINS)
     assert loaded.locate("routes[1].to") == (path, 54, 9)
