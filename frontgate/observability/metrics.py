@@ -15,7 +15,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, histogram_value
-from frontgate.protocol.grpc import status_name
+from frontgate.protocol.grpc_status import status_name
 
 if TYPE_CHECKING:
     from frontgate.observability.batch import Record

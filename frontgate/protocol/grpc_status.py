@@ -30,6 +30,24 @@ _BY_HTTP_STATUS = {
 }
 
 
+# Canonical names (statuscodes.md), index = code: metrics label upstream statuses by name (bounded, readable).
+STATUS_NAMES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+    "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)
+_STATUS_CODES = {str(code).encode(): code for code in range(len(STATUS_NAMES))}
+
+
+def status_code(value: bytes) -> int:
+    """An upstream's `grpc-status` value as a code; anything else is UNKNOWN, as gRPC clients read it."""
+    return _STATUS_CODES.get(value.strip(), UNKNOWN)
+
+
+def status_name(code: int) -> str:
+    return STATUS_NAMES[code] if 0 <= code < len(STATUS_NAMES) else STATUS_NAMES[UNKNOWN]
+
+
 def is_grpc(content_type: bytes) -> bool:
     return content_type.startswith(b"application/grpc")
 

@@ -35,7 +35,7 @@ from frontgate.errors import (
     UriTooLong,
 )
 from frontgate.pipeline.context import RequestContext, new_request_id
-from frontgate.protocol.grpc_status import grpc_error_trailers, is_grpc
+from frontgate.protocol.grpc_status import grpc_error_trailers, grpc_status_for, is_grpc
 from frontgate.protocol.http1 import HOP_BY_HOP, RequestFraming, error_body, host_without_port, valid_host
 from frontgate.routing.normalize import normalize_path
 from frontgate.server.exchange import Exchange, local_reply_head
@@ -258,6 +258,7 @@ class H2Stream:
             fields = [(b":status", b"200"), (b"content-type", b"application/grpc"),
                       *grpc_error_trailers(error), *head.headers]
             self.send_headers(fields, end_stream=True)
+            exchange.grpc_status = grpc_status_for(error.status)  # the access log and metrics show what was sent
             exchange.mark_local_reply_done(error.status)
             self.exchange_finished(exchange)
             self.flush()

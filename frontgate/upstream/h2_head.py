@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from frontgate.protocol.grpc import format_timeout, parse_timeout, status_code
+from frontgate.protocol.grpc_status import status_code
+from frontgate.protocol.grpc_timeout import format_timeout, parse_timeout
 from frontgate.protocol.http1 import HOP_BY_HOP
 
 Fields = list[tuple[bytes, bytes]]

@@ -133,3 +133,13 @@ def test_grpc_statuses_are_in_the_access_log_and_metrics(notes: Notes, stub: Any
     metrics = scrape(gateway)
     assert metrics.value("frontgate_grpc_responses_total", route="notes", grpc_status="OK") >= 1
     assert metrics.value("frontgate_grpc_responses_total", route="notes", grpc_status="NOT_FOUND") >= 1
+
+
+def test_a_gateway_error_to_a_grpc_client_is_logged_with_the_status_it_sent(
+        gateway: RunningGateway, stub: Any) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary("/nowhere.Service/Method")(b"", timeout=10)  # no route: 404
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    wait_until(lambda: any(line["path"] == "/nowhere.Service/Method" for line in gateway.access_log()), timeout=5)
+    (line,) = [line for line in gateway.access_log() if line["path"] == "/nowhere.Service/Method"]
+    assert (line["status"], line["grpc_status"]) == (404, 12)

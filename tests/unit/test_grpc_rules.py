@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from frontgate.protocol.grpc import format_timeout, parse_timeout, status_code, status_name
+from frontgate.protocol.grpc_status import status_code, status_name
+from frontgate.protocol.grpc_timeout import format_timeout, parse_timeout
 from frontgate.upstream.h2_head import request_fields, response_fields, trailer_lines
 
 HEAD = (b"POST /pkg.Svc/Do?x=1 HTTP/1.1\r\nhost: api.example.com\r\nx-request-deadline: 950\r\n"
