@@ -92,7 +92,7 @@ def to_spans(done: _Finished, exporter: SpanExporter) -> list[ReadableSpan]:
             "server.port": attempt.port,
             "url.full": attempt.url + done.upstream_path,
             "network.protocol.name": "http",
-            "network.protocol.version": "1.1",
+            "network.protocol.version": attempt.protocol_version,
             "frontgate.upstream": attempt.upstream,
         }
         if method == "_OTHER":
@@ -102,6 +102,8 @@ def to_spans(done: _Finished, exporter: SpanExporter) -> list[ReadableSpan]:
         answered = index == last and done.upstream_answered
         if answered:
             client["http.response.status_code"] = done.status
+            if done.grpc_status is not None:
+                client["rpc.grpc.status_code"] = done.grpc_status
         error = None
         if answered and done.status >= 400:
             error = str(done.status)

@@ -178,6 +178,7 @@ class _Try(NamedTuple):
     started: float
     ended: float
     ok: bool
+    protocol_version: str  # "1.1", or "2" to an HTTP/2 upstream
 
 
 class _Finished(NamedTuple):
@@ -198,6 +199,7 @@ class _Finished(NamedTuple):
     request_id: str
     consumer: str | None
     status: int
+    grpc_status: int | None
     upstream_answered: bool  # the status came from the upstream (not a gateway error)
     cut: bool
     started: float
@@ -213,12 +215,14 @@ def _finished(exchange: Exchange, trace: Trace, now: float) -> _Finished:
         if line.startswith(b"user-agent: "):
             agent = line[12:-2].decode("latin-1")
             break
-    tries = [_Try(cluster.name, target.host, target.port, target.url, started, ended or now, ok)
+    tries = [_Try(cluster.name, target.host, target.port, target.url, started, ended or now, ok,
+                  "2" if target.pool.key.http2 else "1.1")
              for cluster, target, started, ended, ok in ctx.tries or ()]
     return _Finished(
         trace, ctx.method, ctx.scheme, ctx.host, ctx.path, ctx.upstream_path, ctx.client_ip, ctx.peer_ip,
         ctx.http_version, agent, route.name if route else None, _http_route(exchange), ctx.request_id,
-        ctx.consumer, exchange.status, exchange.response_started, exchange.cut, ctx.started, now, tries,
+        ctx.consumer, exchange.status, exchange.grpc_status, exchange.response_started, exchange.cut, ctx.started,
+        now, tries,
     )
 
 

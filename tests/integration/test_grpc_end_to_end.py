@@ -11,7 +11,7 @@ import pytest
 
 from tests.grpc.notes import NotesServer, compile_notes
 from tests.integration.helpers import RunningGateway, free_port, gateway_config, run_gateway
-from tests.integration.observability_helpers import scrape, wait_until
+from tests.integration.observability_helpers import OtlpCollector, scrape, wait_until
 
 Notes = tuple[ModuleType, ModuleType]
 
@@ -143,3 +143,25 @@ def test_a_gateway_error_to_a_grpc_client_is_logged_with_the_status_it_sent(
     wait_until(lambda: any(line["path"] == "/nowhere.Service/Method" for line in gateway.access_log()), timeout=5)
     (line,) = [line for line in gateway.access_log() if line["path"] == "/nowhere.Service/Method"]
     assert (line["status"], line["grpc_status"]) == (404, 12)
+
+
+def test_the_client_span_of_a_grpc_call_says_http2_and_the_grpc_status(
+        tmp_path_factory: pytest.TempPathFactory, notes: Notes, server: NotesServer) -> None:
+    collector = OtlpCollector()
+    port = free_port()
+    routes = [{"name": "notes", "match": {"paths": ["/frontgate.test.Notes"]}, "to": "notes"}]
+    tracing = {"otlp_endpoint": collector.endpoint, "sample_ratio": 1.0}
+    config = gateway_config(port, free_port(), {"notes": [server.url]}, routes, observability={"tracing": tracing})
+    config["server"]["listen"] = [{"address": f"127.0.0.1:{port}", "h2c": True}]
+    config["upstreams"]["notes"]["protocol"] = "grpc"
+    try:
+        with run_gateway(tmp_path_factory.mktemp("traced"), config), \
+                grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError):
+                notes[1].NotesStub(channel).Echo(_note(notes, text="missing-traced"), timeout=10)
+            spans = collector.wait_for(2)
+    finally:
+        collector.close()
+    (client,) = [span for span in spans if span.kind == OtlpCollector.CLIENT]
+    assert client.attributes["network.protocol.version"] == "2"
+    assert client.attributes["rpc.grpc.status_code"] == 5
