@@ -89,7 +89,8 @@ class NotesServer:
         server_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                           ("grpc.max_send_message_length", MAX_MESSAGE), *options.items()]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=server_options)
-        pb2_grpc.add_NotesServicer_to_server(_Notes(pb2), self.server)
+        self.cancelled: list[str] = []  # texts of calls that saw their client cancel
+        pb2_grpc.add_NotesServicer_to_server(_Notes(pb2, self.cancelled), self.server)
         self.serving = True  # what grpc.health.v1.Health/Check answers: SERVING or NOT_SERVING
         check = grpc.unary_unary_rpc_method_handler(
             lambda request, context: b"\x08\x01" if self.serving else b"\x08\x02")  # raw HealthCheckResponse
@@ -115,8 +116,9 @@ class _Notes:
     """Echo: metadata both ways, the deadline it saw, NOT_FOUND for `missing...`, a crash for `crash`, a
     wait for `slow` (count ms). Split: `count` notes. Collect: the texts joined. Chat: each note, upper-cased."""
 
-    def __init__(self, pb2: ModuleType) -> None:
+    def __init__(self, pb2: ModuleType, cancelled: list[str]) -> None:
         self.pb2 = pb2
+        self.cancelled = cancelled
 
     def Echo(self, note: Any, context: grpc.ServicerContext) -> Any:
         tag = dict(context.invocation_metadata()).get("x-note-tag")
@@ -128,7 +130,12 @@ class _Notes:
         if note.text == "crash":
             raise RuntimeError("the handler crashed")
         if note.text == "slow":
-            time.sleep(note.count / 1000)
+            until = time.monotonic() + note.count / 1000
+            while time.monotonic() < until:
+                if not context.is_active():
+                    self.cancelled.append(note.text)
+                    return self.pb2.Note()
+                time.sleep(0.01)
         remaining = context.time_remaining()
         deadline_ms = -1 if remaining is None else int(remaining * 1000)
         return self.pb2.Note(text=note.text, payload=note.payload, count=note.count, deadline_ms=deadline_ms)

@@ -10,6 +10,7 @@ import asyncio
 import http.server
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -254,6 +255,21 @@ def test_a_request_body_beyond_the_window_pauses_the_client_until_the_service_re
     assert received.write_paused.count(True) == received.write_paused.count(False)
 
 
+def test_a_connection_left_without_streams_closes_after_the_idle_timeout(notes: Notes, server: NotesServer) -> None:
+    async def main() -> tuple[int, str, str]:
+        pool = h2_pool(server.port, idle_timeout=0.05)
+        await call(pool, grpc_head("Echo", server.port), [frame(_note(notes, text="once"))])
+        before = repr(pool)
+        await asyncio.sleep(0.1)
+        pool.expire_idle(time.monotonic())
+        await asyncio.sleep(0.1)  # GOAWAY sent, the socket closes
+        return pool.idle_count, before, repr(pool)
+
+    idle, before, after = run(main)
+    assert "connections=1 streams=0" in before
+    assert idle == 0 and "connections=0" in after
+
+
 # --- endings -------------------------------------------------------------------------------------------
 
 
@@ -276,6 +292,28 @@ def test_a_graceful_server_shutdown_lets_streams_in_flight_finish(notes: Notes, 
     received, offered, count = run(main)
     assert received.error is None and received.grpc_status == 0 and count == 10
     assert not offered  # no new stream goes to a connection the server is closing
+
+
+def test_an_exchange_that_gives_up_cancels_the_call_and_the_connection_lives_on(
+        notes: Notes, server: NotesServer) -> None:
+    async def main() -> tuple[Received, int]:
+        pool = h2_pool(server.port)
+        stream = await take_stream(pool)
+        stream.start(Received(), grpc_head("Echo", server.port), False, True)
+        stream.write(frame(_note(notes, text="slow", count=3000)))
+        stream.end_body()
+        await asyncio.sleep(0.2)
+        stream.detach()  # what the exchange does when its client leaves or its timeout passes
+        pool.release(stream, False)
+        after = await call(pool, grpc_head("Echo", server.port), [frame(_note(notes, text="next"))])
+        return after, pool.connects
+
+    after, connects = run(main)
+    deadline = time.monotonic() + 5
+    while not server.cancelled and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.cancelled == ["slow"]  # the service stopped working on it (RST_STREAM CANCEL)
+    assert after.grpc_status == 0 and connects == 1
 
 
 def test_an_unreachable_target_is_a_connect_error() -> None:
