@@ -7,8 +7,8 @@ Each request gets an `H2Stream`, which the exchange drives exactly as it drives 
 Flow control, both ways:
 - Response bodies: DATA is handed to the exchange as it arrives, and the stream's receive window is
   reopened only while the exchange reads (`pause_reading` stops acknowledging), so a slow client holds at
-  most one stream window of that stream in memory. The connection window is reopened at once, so a paused
-  stream never stalls its neighbours.
+  most one stream window of that stream in memory. The connection window is reopened as data arrives,
+  whatever the stream, so a paused stream never stalls its neighbours.
 - Request bodies: sent as far as the peer's windows allow; the rest waits in the stream, and beyond
   `SEND_BUFFER_HIGH_WATER` the exchange is told to stop reading the client (`upstream_write_paused`),
   as it is when the socket's own write buffer fills.
@@ -53,7 +53,8 @@ _NO_HOP_BY_HOP: frozenset[bytes] = frozenset()
 
 
 class UpstreamStreamRefused(UpstreamConnectError):
-    """The upstream refused the stream (GOAWAY below its id, or REFUSED_STREAM): it processed nothing."""
+    """The upstream refused the stream (REFUSED_STREAM, or a GOAWAY whose last stream id is below it): it
+    processed nothing."""
 
     message = "The upstream service refused the request before processing it."
 
@@ -61,7 +62,8 @@ class UpstreamStreamRefused(UpstreamConnectError):
 class _GracefulClient(h2.connection.H2Connection):
     """h2 closes the whole connection state on a GOAWAY (python-hyper/h2#1181), which would cut the
     streams the peer promised to finish. Here a GOAWAY is only reported; the connection owner stops
-    opening streams and closes the connection when the last one ends."""
+    opening streams and closes the connection when the last one ends. (An h2 internal, overridden: h2 is
+    pinned below 5, and tests/integration/test_grpc_upstream.py's graceful-shutdown test guards it.)"""
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
         event = h2.events.ConnectionTerminated()
