@@ -113,8 +113,10 @@ class Gateway:
                 server = await self.loop.create_server(lambda: HttpConnection(self, "http"), sock=sock, backlog=2048)
             else:
                 tls = TlsListener(functools.partial(self.listener_certificates, listener.address))
+                # A handshake gets the time a request head gets (asyncio's default would be 60 s).
                 server = await self.loop.create_server(
                     lambda: TlsConnection(self, "https"), sock=sock, ssl=tls.context, backlog=2048,
+                    ssl_handshake_timeout=self.runtime.config.server.timeouts.read_header,
                 )
             self._servers.append(server)
 
