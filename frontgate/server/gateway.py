@@ -122,6 +122,8 @@ class Gateway:
                 ssl_context = tls.context
             server = await self.loop.create_server(
                 self._protocol_factory(listener), sock=sock, ssl=ssl_context, backlog=2048,
+                # A handshake gets the time a request head gets (asyncio's default would be 60 s).
+                ssl_handshake_timeout=self.runtime.config.server.timeouts.read_header if ssl_context else None,
             )
             self._servers.append(server)
 
