@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 from websockets.http11 import Request, Response
+from websockets.sync.client import connect
 from websockets.sync.server import ServerConnection
 
 from frontgate.auth.consumers import hash_key
@@ -42,6 +44,7 @@ from tests.integration.websocket_helpers import (
     read_head,
     read_server_frame,
     read_until_closed,
+    self_signed_certificate,
     ws_connect,
 )
 
@@ -109,6 +112,32 @@ def test_messages_flow_both_ways_and_the_upstream_gets_the_whole_handshake(
         assert request.headers["Sec-WebSocket-Protocol"] == "chat.v1, chat.v2"
         assert request.headers["X-Trace"] == "t1"
         assert request.headers["X-Forwarded-For"] == "127.0.0.1"
+    finally:
+        upstream.close()
+
+
+def test_wss_through_a_tls_listener_to_a_tls_upstream(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    upstream_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    upstream_tls.load_cert_chain(cert, key)
+    upstream = WebSocketUpstream(ssl=upstream_tls)
+    port = free_port()
+    config = _config(f"https://127.0.0.1:{upstream.port}")
+    config["server"]["listen"] = [{"address": f"127.0.0.1:{port}",
+                                   "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]}}]
+    config["upstreams"]["ws"]["tls"] = {"ca": str(cert)}
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    try:
+        with run_gateway(tmp_path, config) as gw, connect(
+                f"wss://127.0.0.1:{gw.port}/chat", ssl=client_tls, proxy=None, ping_interval=None,
+                open_timeout=5, close_timeout=2) as ws:
+            for size in (5, 200_000):  # the larger one fills TLS records and socket buffers on the way
+                message = os.urandom(size)
+                ws.send(message)
+                assert ws.recv(timeout=5) == message
+            ws.close()
+            upstream.wait_ended(1)
+            assert upstream.close_codes == [1000]
     finally:
         upstream.close()
 
@@ -291,15 +320,14 @@ def test_messages_over_max_message_bytes_close_the_tunnel_with_1009(tmp_path: Pa
     config = _config(upstream.url, websocket={"max_message_bytes": "1KiB"})
     try:
         with run_gateway(tmp_path, config) as gw:
-            ends = 0
-            for oversized in (b"a" * 1025, [b"a" * 600, b"b" * 600], "shout"):  # one frame, fragments, from upstream
+            # One frame, a fragmented message, and a message from the upstream.
+            for ends, oversized in enumerate((b"a" * 1025, [b"a" * 600, b"b" * 600], "shout"), start=1):
                 with ws_connect(gw.port, compression=None) as ws:
                     ws.send(b"k" * 1024)  # at the limit: fine
                     assert ws.recv(timeout=5) == b"k" * 1024
                     ws.send(oversized)
                     closed = _closed_with(ws)
                     assert closed.rcvd is not None and closed.rcvd.code == 1009
-                ends += 1
                 upstream.wait_ended(ends)
                 assert upstream.close_codes[-1] == 1009  # told too, its stream was at a frame boundary
     finally:
