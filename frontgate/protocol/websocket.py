@@ -17,7 +17,7 @@ CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 _CLOSE_REASONS = {CLOSE_PROTOCOL_ERROR: b"Protocol Error", CLOSE_MESSAGE_TOO_BIG: b"Message Too Big"}
-_OP_CONTINUATION, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PONG = 0x0, 0x1, 0x2, 0x8, 0xA
+_OP_CONTINUATION, _OP_BINARY, _OP_CLOSE, _OP_PONG = 0x0, 0x2, 0x8, 0xA  # 0x1: text
 _FIN = 0x80
 _MASKED = 0x80
 _MAX_CONTROL_PAYLOAD = 125  # RFC 6455 §5.5: control frames are never longer, nor fragmented
@@ -121,7 +121,7 @@ class FrameTracker:
             if not self._in_message:
                 return CLOSE_PROTOCOL_ERROR
             self._message_bytes += length
-        elif opcode <= _OP_BINARY:
+        elif opcode <= _OP_BINARY:  # text or binary: a new message
             if self._in_message:
                 return CLOSE_PROTOCOL_ERROR
             self._message_bytes = length

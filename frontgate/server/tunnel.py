@@ -37,8 +37,6 @@ class Tunnel:
         client: asyncio.Transport,
         upstream: asyncio.Transport,
         config: WebSocket,
-        client_early: bytes,
-        upstream_early: bytes,
     ) -> None:
         self.gateway = gateway
         self.exchange = exchange  # the handshake: it is observed (logged, counted) when the tunnel ends
@@ -57,7 +55,11 @@ class Tunnel:
         self._upstream_full = False
         self._bytes_seen = 0  # by the last sweep
         self._quiet_since = gateway.loop.time()
-        gateway.tunnels.add(self)
+
+    def start(self, client_early: bytes, upstream_early: bytes) -> None:
+        """Take both sockets over; `*_early` are the bytes each side sent before the switch was made."""
+        client, upstream = self.client, self.upstream
+        self.gateway.tunnels.add(self)
         client.set_protocol(_ClientSide(self))
         upstream.set_protocol(_UpstreamSide(self))
         if upstream_early:
@@ -65,7 +67,7 @@ class Tunnel:
         if client_early and not self.ended:
             self.from_client(client_early)
         if not self.ended:
-            # Reading may still be paused from the HTTP exchange (the client's until the 101 came).
+            # Reading may still be paused from the HTTP exchange (the client's was, until the 101 came).
             if not self._client_full and not upstream.is_reading():
                 upstream.resume_reading()
             if not self._upstream_full and not client.is_reading():

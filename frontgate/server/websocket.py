@@ -71,7 +71,7 @@ class WebSocketHandshake(Exchange):
             conn.gateway.observe(self)
             return
         client, client_early = handed
-        Tunnel(conn.gateway, self, client, transport, route.websocket, client_early, early)
+        Tunnel(conn.gateway, self, client, transport, route.websocket).start(client_early, early)
 
     def _switching_head(self, route: CompiledRoute, lines: list[bytes], named: set[bytes] | None) -> bytes:
         if named:  # fields the 101's Connection header names are hop-by-hop too
