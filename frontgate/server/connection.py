@@ -50,9 +50,7 @@ log = logging.getLogger("frontgate.connection")
 # framing fields are inspected (and re-made by the gateway), forwarding fields are believed only from
 # trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded. Upgrade is
 # hop-by-hop but inspected: a WebSocket handshake is relayed (frontgate/server/websocket.py).
-_FRAMING_FIELDS = frozenset(
-    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"}
-)
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline"}
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
