@@ -63,6 +63,14 @@ class TargetPool:
                 return conn
         return None
 
+    def put_back(self, conn: UpstreamConnection) -> None:
+        """Undo `take_idle` for a request that needs a fresh connection: the pool is left as it was (the same
+        place, the same idle age)."""
+        if self.closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         key = self.key
