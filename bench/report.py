@@ -1,7 +1,7 @@
 """Helpers for bench/run.sh (standard library only).
 
 report.py meta RUN_DIR     machine info as Markdown
-report.py probe PORT       check a proxy answers /plain and /16k correctly (exit 1 with the reason if not)
+report.py probe [https:]PORT  check a proxy answers /plain and /16k correctly (exit 1 with the reason if not)
 report.py line WRK_FILE    one-line summary of a wrk run
 report.py cputicks PGID    CPU time (clock ticks, user+system) used so far by the processes of a group
 report.py report RUN_DIR   the Markdown report; exit 1 when a leg failed, crashed or had errors
@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import ssl
 import statistics
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from pathlib import Path
 
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 EXPECTED = {"plain": b"ok\n", "16k": 16384}
+# handshake: GET /plain with `Connection: close`, a new connection (a full TLS handshake) per request.
+SCENARIOS = ("plain", "16k", "handshake")
 
 
 @dataclass
@@ -188,9 +191,17 @@ def cmd_meta(run_dir: Path) -> str:
     return "\n".join(f"- **{k}**: {v}" for k, v, *_ in rows)
 
 
-def cmd_probe(port: int) -> int:
+def cmd_probe(target: str) -> int:
+    """`target` is PORT or SCHEME:PORT (https: the bench's self-signed certificate, not verified)."""
+    scheme, _, port_text = target.rpartition(":")
+    port = int(port_text)
     for path, want in (("/plain", EXPECTED["plain"]), ("/16k", EXPECTED["16k"])):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                               context=ssl._create_unverified_context())
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         try:
             header = os.environ.get("BENCH_HEADER", "")
             name, _, value = header.partition(":")
@@ -232,12 +243,12 @@ def cmd_report(run_dir: Path) -> tuple[str, int]:
     meta = {r[0]: r[1] for r in read_tsv(run_dir / "meta.tsv") if len(r) >= 2}
     runs: dict[tuple[str, str], list[tuple[int, WrkRun]]] = {}
     for f in sorted((run_dir / "wrk").glob("*.txt")):
-        m = re.fullmatch(r"(.+)\.(plain|16k)\.r(\d+)\.txt", f.name)
+        m = re.fullmatch(r"(.+)\.(plain|16k|handshake)\.r(\d+)\.txt", f.name)
         if m:  # warm-ups do not match
             runs.setdefault((m.group(1), m.group(2)), []).append((int(m.group(3)), load_run(f)))
     for key in runs:
         runs[key].sort(key=lambda x: x[0])
-    scenarios = [sc for sc in EXPECTED if any(k[1] == sc for k in runs)]
+    scenarios = [sc for sc in SCENARIOS if any(k[1] == sc for k in runs)]
 
     def rounds(name: str, sc: str) -> list[WrkRun]:
         return [r for _, r in runs.get((name, sc), [])]
@@ -353,7 +364,7 @@ def main(argv: list[str]) -> int:
         print(cmd_meta(Path(arg)))
         return 0
     if cmd == "probe":
-        return cmd_probe(int(arg))
+        return cmd_probe(arg)
     if cmd == "cputicks":
         print(group_cpu_ticks(int(arg)))
         return 0

@@ -28,6 +28,7 @@ BENCH_WORKERS2=${BENCH_WORKERS2:-0}                  # 1: add nginx-w2 and front
 BENCH_FRONTGATE=${BENCH_FRONTGATE:-.venv/bin/frontgate}
 BENCH_FRONTGATE_CONFIG=${BENCH_FRONTGATE_CONFIG:-bench/frontgate.yaml}
 BENCH_EXTRA=${BENCH_EXTRA:-}                         # "name=config.yaml name2=other.yaml": more frontgate legs
+BENCH_TLS=${BENCH_TLS:-0}                            # 1: add nginx-tls and frontgate-tls legs; only: just those
 BENCH_NGINX=${BENCH_NGINX:-/usr/sbin/nginx}
 BENCH_WRK=${BENCH_WRK:-wrk}
 BENCH_LOAD_CPUS=${BENCH_LOAD_CPUS:-0}                # upstream nginx and wrk
@@ -43,7 +44,13 @@ for v in BENCH_SECONDS BENCH_ROUNDS BENCH_CONNECTIONS BENCH_THREADS BENCH_WARMUP
 done
 ((BENCH_SECONDS >= 1 && BENCH_ROUNDS >= 1 && BENCH_THREADS >= 1)) || die "BENCH_SECONDS, BENCH_ROUNDS and BENCH_THREADS must be >= 1"
 ((BENCH_CONNECTIONS >= BENCH_THREADS)) || die "BENCH_CONNECTIONS must be >= BENCH_THREADS"
-for s in $BENCH_SCENARIOS; do [[ $s == plain || $s == 16k ]] || die "unknown scenario '$s' (plain, 16k)"; done
+for s in $BENCH_SCENARIOS; do
+    [[ $s == plain || $s == 16k || $s == handshake ]] || die "unknown scenario '$s' (plain, 16k, handshake)"
+done
+[[ $BENCH_TLS == 0 || $BENCH_TLS == 1 || $BENCH_TLS == only ]] || die "BENCH_TLS must be 0, 1 or only"
+# handshake = GET /plain with `Connection: close`: a new connection (over TLS: a full handshake) per request.
+# It is run on the TLS legs only, and added to the scenarios whenever they are.
+if [[ $BENCH_TLS != 0 && " $BENCH_SCENARIOS " != *" handshake "* ]]; then BENCH_SCENARIOS="$BENCH_SCENARIOS handshake"; fi
 
 PY=${BENCH_PYTHON:-}
 if [[ -z $PY ]]; then
@@ -139,10 +146,10 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 # --- legs ----------------------------------------------------------------------------------------------
 # A leg is one proxy under test. kind nginx|frontgate; base = the nginx leg its ratio is computed against.
 LEG_NAME=() LEG_KIND=() LEG_CPUS=() LEG_WORKERS=() LEG_CONFIG=() LEG_BASE=() LEG_PORT=() LEG_PID=()
-LEG_STATE=() LEG_NOTE=()
-add_leg() {   # NAME KIND CPUS WORKERS CONFIG BASE NOTE
+LEG_STATE=() LEG_NOTE=() LEG_SCHEME=()
+add_leg() {   # NAME KIND CPUS WORKERS CONFIG BASE NOTE [SCHEME]
     LEG_NAME+=("$1") LEG_KIND+=("$2") LEG_CPUS+=("$3") LEG_WORKERS+=("$4") LEG_CONFIG+=("$5")
-    LEG_BASE+=("$6") LEG_NOTE+=("$7") LEG_STATE+=(pending) LEG_PORT+=(0) LEG_PID+=(0)
+    LEG_BASE+=("$6") LEG_NOTE+=("$7") LEG_STATE+=(pending) LEG_PORT+=(0) LEG_PID+=(0) LEG_SCHEME+=("${8:-http}")
 }
 resolve_config() {   # a path relative to the current directory or to the repo root
     local p=$1
@@ -151,9 +158,18 @@ resolve_config() {   # a path relative to the current directory or to the repo r
 }
 
 FG_CONFIG=$(resolve_config "$BENCH_FRONTGATE_CONFIG")
+if [[ $BENCH_TLS != only ]]; then
 add_leg nginx nginx "$BENCH_PROXY_CPUS" 1 "" "" "nginx reverse proxy, 1 worker, core $BENCH_PROXY_CPUS"
 add_leg frontgate frontgate "$BENCH_PROXY_CPUS" 1 "$FG_CONFIG" nginx \
     "--workers 1, core $BENCH_PROXY_CPUS, ${FG_CONFIG#"$ROOT"/}"
+fi
+if [[ $BENCH_TLS != 0 ]]; then
+    # Both terminate TLS with the same ECDSA P-256 certificate, TLS 1.2/1.3, the same TLS 1.2 suites.
+    FG_TLS_CONFIG=$(resolve_config bench/frontgate-tls.yaml)
+    add_leg nginx-tls nginx "$BENCH_PROXY_CPUS" 1 "" "" "nginx terminating TLS, 1 worker, core $BENCH_PROXY_CPUS" https
+    add_leg frontgate-tls frontgate "$BENCH_PROXY_CPUS" 1 "$FG_TLS_CONFIG" nginx-tls \
+        "--workers 1, core $BENCH_PROXY_CPUS, ${FG_TLS_CONFIG#"$ROOT"/}" https
+fi
 for spec in $BENCH_EXTRA; do
     [[ $spec == *=* ]] || die "BENCH_EXTRA item '$spec' is not name=config.yaml"
     name=${spec%%=*}
@@ -185,6 +201,19 @@ temp_paths() {   # DIR -> temp path directives for every module compiled in, all
         [[ $NGINX_V == *"--without-http_${m}_module"* ]] || echo "${m}_temp_path $d/$m;"
     done
 }
+
+if [[ $BENCH_TLS != 0 ]]; then
+    command -v openssl >/dev/null || die "openssl not found (needed for the TLS legs' certificate)"
+    mkdir -p "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=bench.example.com" \
+        -addext "subjectAltName=DNS:bench.example.com" -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" \
+        2>/dev/null || die "openssl could not make the TLS legs' certificate"
+    chmod 644 "$WORK/tls/key.pem"   # nginx workers run unprivileged when started as root
+    export FG_BENCH_TLS_CERT="$WORK/tls/cert.pem" FG_BENCH_TLS_KEY="$WORK/tls/key.pem"
+fi
+# The TLS 1.2 suites frontgate allows (frontgate/server/tls.py), so both sides negotiate alike.
+TLS12_CIPHERS="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+TLS12_CIPHERS+=":ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 mkdir -p "$WORK/www"
 head -c 16384 /dev/urandom >"$WORK/www/16k"
@@ -219,8 +248,16 @@ EOF
 }
 
 write_proxy_conf() {   # LEG_INDEX
-    local i=$1 d="$WORK/${LEG_NAME[$1]}"
+    local i=$1 d="$WORK/${LEG_NAME[$1]}" listen_tls=""
     mkdir -p "$d"
+    if [[ ${LEG_SCHEME[i]} == https ]]; then
+        listen_tls="ssl;
+        ssl_certificate $FG_BENCH_TLS_CERT;
+        ssl_certificate_key $FG_BENCH_TLS_KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers $TLS12_CIPHERS;
+        ssl_prefer_server_ciphers on"
+    fi
     cat >"$d/nginx.conf" <<EOF
 # nginx as the reference REVERSE PROXY (generated by bench/run.sh)
 worker_processes ${LEG_WORKERS[i]};
@@ -239,7 +276,7 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:${LEG_PORT[i]} backlog=4096;
+        listen 127.0.0.1:${LEG_PORT[i]} backlog=4096 $listen_tls;
         location / {
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -322,7 +359,7 @@ start_leg() {   # LEG_INDEX
     LEG_PID[i]=$LAST_PID
     wait_port "${LEG_PORT[i]}" "$LAST_PID" "$BENCH_START_TIMEOUT" || rc=$?
     if ((rc == 0)); then
-        if problem=$("$PY" "$ROOT/bench/report.py" probe "${LEG_PORT[i]}" 2>&1); then
+        if problem=$("$PY" "$ROOT/bench/report.py" probe "${LEG_SCHEME[i]}:${LEG_PORT[i]}" 2>&1); then
             LEG_STATE[i]=up
             printf '%-17s 127.0.0.1:%s (pid %s, cpus %s)\n' "$name" "${LEG_PORT[i]}" "$LAST_PID" "${LEG_CPUS[i]}"
             return
@@ -344,15 +381,16 @@ for ((i = 0; i < NLEGS; i++)); do start_leg "$i"; done
 echo
 
 # --- measure -------------------------------------------------------------------------------------------
-wrk_run() {   # PORT SCENARIO SECONDS OUTFILE PGID
-    local rc=0
+wrk_run() {   # PORT SCENARIO SECONDS OUTFILE PGID SCHEME
+    local rc=0 path=$2 close=""
+    if [[ $2 == handshake ]]; then path=plain close="Connection: close"; fi
     "$PY" "$ROOT/bench/report.py" cputicks "$5" >"${4%.txt}.cpu0" 2>/dev/null || true
     grep '^cpu[0-9]' /proc/stat >"${4%.txt}.stat0" 2>/dev/null || true
     # In the background + `wait`, so that Ctrl-C/SIGTERM run the trap at once (bash defers traps while a
     # foreground child runs, and drops SIGINT when that child exits normally, as wrk does on SIGINT).
     timeout -k 5 $(($3 + 30)) taskset -c "$BENCH_LOAD_CPUS" "$BENCH_WRK" -t"$BENCH_THREADS" \
-        -c"$BENCH_CONNECTIONS" -d"$3s" --latency ${BENCH_HEADER:+-H "$BENCH_HEADER"} \
-        "http://127.0.0.1:$1/$2" >"$4" 2>&1 </dev/null 9>&- &
+        -c"$BENCH_CONNECTIONS" -d"$3s" --latency ${BENCH_HEADER:+-H "$BENCH_HEADER"} ${close:+-H "$close"} \
+        "$6://127.0.0.1:$1/$path" >"$4" 2>&1 </dev/null 9>&- &
     WRK_PID=$!
     wait "$WRK_PID" || rc=$?
     WRK_PID=
@@ -365,12 +403,14 @@ for ((r = 1; r <= BENCH_ROUNDS; r++)); do
     for sc in $BENCH_SCENARIOS; do
         for ((i = 0; i < NLEGS; i++)); do
             [[ ${LEG_STATE[i]} == up ]] || continue
+            [[ $sc != handshake || ${LEG_SCHEME[i]} == https ]] || continue
             name=${LEG_NAME[i]}
             if ((BENCH_WARMUP > 0)); then
-                wrk_run "${LEG_PORT[i]}" "$sc" "$BENCH_WARMUP" "$RUN_DIR/wrk/$name.$sc.r$r.warmup.txt" "${LEG_PID[i]}"
+                wrk_run "${LEG_PORT[i]}" "$sc" "$BENCH_WARMUP" "$RUN_DIR/wrk/$name.$sc.r$r.warmup.txt" "${LEG_PID[i]}" \
+                    "${LEG_SCHEME[i]}"
             fi
             out="$RUN_DIR/wrk/$name.$sc.r$r.txt"
-            wrk_run "${LEG_PORT[i]}" "$sc" "$BENCH_SECONDS" "$out" "${LEG_PID[i]}"
+            wrk_run "${LEG_PORT[i]}" "$sc" "$BENCH_SECONDS" "$out" "${LEG_PID[i]}" "${LEG_SCHEME[i]}"
             printf '[round %d/%d] %-6s %-17s %s\n' "$r" "$BENCH_ROUNDS" "$sc" "$name" \
                 "$("$PY" "$ROOT/bench/report.py" line "$out")"
             if ! alive "${LEG_PID[i]}"; then

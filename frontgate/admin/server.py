@@ -110,6 +110,7 @@ class AdminServer:
             "config_files": runtime.sources,
             "draining": gateway.draining,
             "connections": len(gateway.connections),
+            "websockets": sum(1 for tunnel in gateway.tunnels if not tunnel.ended),
             "requests": gateway.requests,
             "reloads": {"ok": gateway.reloads_ok, "failed": gateway.reloads_failed,
                         "last_error": gateway.last_reload_error},

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
-from frontgate.config.schema import GatewayConfig, Route
+from frontgate.config.schema import GatewayConfig, Route, WebSocket
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
@@ -53,6 +53,7 @@ class CompiledRoute:
     retry: RetryPolicy
     only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
     deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
+    websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
 
 @dataclass(slots=True)
@@ -193,4 +194,8 @@ def _compile_route(
         retry=RetryPolicy.from_config(route.retry),
         only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
         deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
+        # WebSocket needs an HTTP/1.1 upstream (no RFC 8441 to HTTP/2 ones): a route to an HTTP/2 upstream
+        # serves handshakes as plain HTTP, as with `websocket: {enabled: false}`.
+        websocket=route.websocket if route.websocket.enabled and all(
+            config.upstreams[w.upstream].protocol == "http" for w in split) else None,
     )

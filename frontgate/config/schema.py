@@ -374,6 +374,22 @@ class Retry(Model):
         return value
 
 
+class WebSocket(Model):
+    """How a route relays WebSocket connections (docs/websocket.md)."""
+
+    enabled: bool = Field(
+        True, description="Relay `Upgrade: websocket` handshakes; false serves them as plain HTTP (Upgrade dropped)."
+    )
+    # Longer than nginx's 60 s proxy_read_timeout (a classic cause of dropped sockets) and Envoy's 5 min
+    # stream idle timeout; the pings of common client and server libraries (every 20-30 s) stay well inside.
+    idle_timeout: Duration = Field(600.0, gt=0, description="No bytes either way for this long closes both sides.")
+    max_message_bytes: Size | None = Field(
+        None, gt=0,
+        description="Largest message (all its frames) either side may send; beyond, the client gets Close 1009 "
+        "and the upstream is closed. Unset: no limit and frames are not looked at (like nginx and Envoy).",
+    )
+
+
 class Route(Model):
     name: str = Field(min_length=1)
     match: Match
@@ -390,6 +406,7 @@ class Route(Model):
         description="Auth plugins of this route tried in this order; the first that succeeds wins "
         "(default: every auth plugin must pass).",
     )
+    websocket: WebSocket = Field(default_factory=WebSocket, description="WebSocket relaying (on by default).")
 
     @field_validator("to")
     @classmethod

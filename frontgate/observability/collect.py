@@ -36,6 +36,8 @@ def collect_worker(gateway: Gateway) -> FamilySet:
 
 def _gateway_state(gateway: Gateway, out: FamilySet) -> None:
     out.family("frontgate_connections", "gauge", "Open client connections.").add((), float(len(gateway.connections)))
+    out.family("frontgate_websocket_tunnels", "gauge", "Open WebSocket connections (past their 101).").add(
+        (), float(sum(1 for tunnel in gateway.tunnels if not tunnel.ended)))
     active = sum(1 for conn in gateway.connections if conn.active is not None)
     out.family("frontgate_requests_in_flight", "gauge", "Requests being answered right now.").add((), float(active))
     out.family("frontgate_protocol_errors", "counter",

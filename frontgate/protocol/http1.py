@@ -57,6 +57,7 @@ class RequestFraming:
     keep_alive: bool
     expect_continue: bool
     connection_tokens: frozenset[bytes]
+    upgrade: frozenset[bytes] | None = None  # the Upgrade field's protocols, lowercased; None without one
 
 
 _NO_TOKENS: frozenset[bytes] = frozenset()
@@ -66,7 +67,8 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
     """Check the rules llhttp does not and return the framing facts. Raises BadRequest (400) or
     NotImplementedByGateway (501) — both close the connection, since the body's length is unknowable.
 
-    `headers` holds only the framing fields (host, content-length, transfer-encoding, connection, expect).
+    `headers` holds only the framing fields (host, content-length, transfer-encoding, connection, expect,
+    upgrade).
     """
     if len(headers) == 1 and headers[0][0] == b"host" and http_version == "1.1":
         # Most requests: a GET with only a Host among the framing fields.
@@ -80,6 +82,7 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
     transfer_encodings: list[bytes] = []
     connection: list[bytes] = []
     expect: bytes | None = None
+    upgrade: list[bytes] | None = None
     for name, value in headers:
         if name == b"host":
             host_count += 1
@@ -95,6 +98,8 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
             connection.extend(header_tokens(value))
         elif name == b"expect":
             expect = value.strip().lower()
+        elif name == b"upgrade":
+            upgrade = [*(upgrade or ()), *header_tokens(value)]
 
     if http_version == "1.1" and host_count == 0:
         raise BadRequest("An HTTP/1.1 request needs a Host header.")
@@ -118,6 +123,10 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
         raise HttpError417()
 
     tokens = frozenset(connection)
+    if upgrade is not None and b"upgrade" in tokens and (content_length or chunked):
+        # llhttp switches protocols right after the head of such a request, so its body would be parsed as
+        # the next request while the upstream reads it as this one's body: a desync. Refused instead.
+        raise BadRequest("A request that asks to upgrade the connection cannot carry a body.")
     # RFC 9112 §9.3: `close` wins in any version; HTTP/1.0 keeps alive only when asked to.
     keep_alive = b"close" not in tokens and (http_version == "1.1" or b"keep-alive" in tokens)
     return RequestFraming(
@@ -127,6 +136,7 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
         keep_alive=keep_alive,
         expect_continue=expect == b"100-continue",
         connection_tokens=tokens,
+        upgrade=frozenset(upgrade) if upgrade is not None else None,
     )
 
 

@@ -35,9 +35,11 @@ from frontgate.protocol.http1 import (
     render_response,
     valid_host,
 )
+from frontgate.protocol.websocket import is_websocket_handshake
 from frontgate.routing.normalize import normalize_path, parse_absolute_form
 from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address, forwarded_node
+from frontgate.server.websocket import WebSocketHandshake
 from frontgate.tls.client_cert import XFCC_HEADER
 
 if TYPE_CHECKING:
@@ -47,8 +49,9 @@ log = logging.getLogger("frontgate.connection")
 
 # How each request field is sorted as it is parsed (one pass, no second loop over the headers):
 # framing fields are inspected (and re-made by the gateway), forwarding fields are believed only from
-# trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded.
-_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"})
+# trusted proxies, hop-by-hop fields and the gateway's own are dropped, the rest is forwarded. Upgrade is
+# hop-by-hop but inspected: a WebSocket handshake is relayed (frontgate/server/websocket.py).
+_FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
@@ -64,6 +67,8 @@ _HEAD_SLACK = 1024
 
 
 class HttpConnection(asyncio.Protocol):
+    _after_handshake = b""  # what the client sent after a WebSocket handshake, kept for the tunnel
+
     def __init__(self, gateway: Gateway, scheme: str = "http") -> None:
         self.gateway = gateway
         self.loop = gateway.loop
@@ -118,7 +123,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer_ip = peer_ip = peer[0] if peer else ""
         self._forwarded_node = forwarded_node(peer_ip, self.scheme)
         gateway = self.gateway
-        if len(gateway.connections) >= self._limits.max_connections or gateway.draining:
+        if len(gateway.connections) + len(gateway.tunnels) >= self._limits.max_connections or gateway.draining:
             transport.abort()
             return
         gateway.connections.add(self)
@@ -288,10 +293,12 @@ class HttpConnection(asyncio.Protocol):
             host = host_without_port(host_field)
 
         lines = self._lines
+        websocket = False
         if framing.connection_tokens:
             named = framing.connection_tokens - _PLAIN_CONNECTION_TOKENS
             if named:  # `Connection: x-foo` makes x-foo hop-by-hop too
                 lines = [line for line in lines if line[: line.index(b":")] not in named]
+                websocket = is_websocket_handshake(method, version, framing)
         ctx = RequestContext(method, path, query, None, host, self.peer_ip, self.peer_ip, self.scheme, version, lines)
         client_fields = self._forwarding_fields
         if client_fields and runtime.is_trusted(self.peer_ip):
@@ -311,6 +318,8 @@ class HttpConnection(asyncio.Protocol):
         ctx.route = route
         if framing.content_length is not None and framing.content_length > route.max_body_bytes:
             raise PayloadTooLarge()  # before reading a byte of it
+        if websocket and route.websocket is not None:
+            return WebSocketHandshake(self, runtime, ctx, framing, route, None)
         return Exchange(self, runtime, ctx, framing, route, None)
 
     def _make_forwarding_lines(self, host_field: bytes | None) -> tuple[bytes, ...]:
@@ -437,13 +446,36 @@ class HttpConnection(asyncio.Protocol):
         self.close()
 
     def _after_upgrade(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
-        # WebSocket is not proxied yet: the request was handled as plain HTTP (Upgrade is hop-by-hop and
-        # dropped). Whatever followed it starts a fresh parse.
+        if self._closing:
+            return
         offset = upgrade.args[0] if upgrade.args else len(data)
-        self._parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
+        last = self._queue[-1] if self._queue else self._active
+        if isinstance(last, WebSocketHandshake):
+            # The upstream decides. Until it does, what the client sends next waits in the socket: WebSocket
+            # frames if the upstream says 101, else the connection closes after its answer.
+            self._after_handshake = rest
+            self.pause_reading_for("upgrade")
+            return
+        # Any other upgrade was served as plain HTTP (Upgrade is hop-by-hop and dropped). Whatever followed
+        # the request starts a fresh parse.
+        self._parser = httptools.HttpRequestParser(self)
         if rest:
             self.data_received(rest)
+
+    def hand_over(self, exchange: Exchange) -> tuple[asyncio.Transport, bytes] | None:
+        """`exchange`, the last request on this connection, switched protocols: the socket leaves HTTP for a
+        tunnel. Returns its transport and what the client sent after the handshake; None if it is gone."""
+        transport = self.transport
+        if self._closing or transport is None or exchange is not self._active:
+            return None
+        self.flush()
+        self._closing = True  # nothing of HTTP reads, writes or times out this socket any more
+        self.waiting = WAIT_NOTHING
+        self._active = None
+        self.gateway.connections.discard(self)
+        early, self._after_handshake = self._after_handshake, b""
+        return transport, early
 
     def close(self) -> None:
         if not self._closing:

@@ -27,6 +27,7 @@ from frontgate.upstream.health import HealthChecker
 
 if TYPE_CHECKING:
     from frontgate.server.exchange import Exchange
+    from frontgate.server.tunnel import Tunnel
 
 log = logging.getLogger("frontgate")
 
@@ -67,6 +68,7 @@ class Gateway:
         self.pools = pools
         self.loop = loop
         self.connections: set[ClientConnection] = set()
+        self.tunnels: set[Tunnel] = set()  # WebSocket connections past their 101 (no longer HTTP connections)
         self.draining = False
         self.started = time.time()
         self.reloads_ok = 0
@@ -105,6 +107,8 @@ class Gateway:
             self._last_second = int(wall)
             self.date_line = date_line(wall)  # the Date header, formatted once a second
             self.pools.expire_idle(time.monotonic())
+            for tunnel in tuple(self.tunnels):  # idle timeouts are minutes: once a second is plenty
+                tunnel.check(now)
         loop.call_at(now + _TICK, self._tick)
 
     async def start(self, reuse_port: bool) -> None:
@@ -122,6 +126,8 @@ class Gateway:
                 ssl_context = tls.context
             server = await self.loop.create_server(
                 self._protocol_factory(listener), sock=sock, ssl=ssl_context, backlog=2048,
+                # A handshake gets the time a request head gets (asyncio's default would be 60 s).
+                ssl_handshake_timeout=self.runtime.config.server.timeouts.read_header if ssl_context else None,
             )
             self._servers.append(server)
 
@@ -216,17 +222,20 @@ class Gateway:
     # --- shutdown ---------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
-        """Stop accepting, let in-flight requests finish within `timeouts.drain`, then close the rest."""
+        """Stop accepting, let in-flight requests finish within `timeouts.drain`, then close the rest (open
+        WebSockets too: they are given the drain time to end on their own)."""
         self.draining = True
         for server in self._servers:
             server.close()
         for conn in list(self.connections):
             conn.drain()
         deadline = self.loop.time() + self.runtime.config.server.timeouts.drain
-        while self.connections and self.loop.time() < deadline:
+        while (self.connections or any(not t.ended for t in self.tunnels)) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        for tunnel in list(self.tunnels):
+            tunnel.end()
         self.health.stop()
         self.pools.close_all()
         for plugin in self.runtime.plugins():

@@ -376,7 +376,7 @@ class H2Connection(asyncio.Protocol):
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as error:
             # The library has queued a GOAWAY with the right code: send it and close.
-            log.debug("HTTP/2 protocol error from %s: %s", self.peer_ip, error)
+            log.info("HTTP/2 protocol error from %s: %r", self.peer_ip, error)
             self.gateway.count_protocol_error(400)
             self.close()
             return

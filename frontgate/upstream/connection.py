@@ -69,6 +69,12 @@ class UpstreamChannel(Protocol):
     def close(self) -> None: ...
 
 
+class ProtocolSwitchReceiver(Protocol):
+    def upstream_switched(self, lines: list[bytes], transport: asyncio.Transport, early: bytes) -> None:
+        """The upstream answered 101 with `lines` (relayed headers, as for `response_head`): `transport` now
+        belongs to the receiver, and `early` holds what the upstream sent right after the head."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
@@ -78,6 +84,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_lines",
         "_parser",
         "_receiver",
+        "_switch_receiver",
         "closed",
         "has_date",
         "idle_since",
@@ -91,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._receiver: ResponseReceiver | None = None
+        self._switch_receiver: ProtocolSwitchReceiver | None = None  # set only for an upgrade request
         self._lines: list[bytes] = []  # relayed response headers as `name: value\r\n`
         self.has_date = False  # the response carries its own Date
         self.named_hop_by_hop: set[bytes] = set()  # fields the response's Connection header names
@@ -124,6 +132,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.response_started = False
         self.uses += 1
         self.transport.write(head)
+
+    def accept_protocol_switch(self, receiver: ProtocolSwitchReceiver) -> None:
+        """The request about to be sent asks to upgrade: a 101 then hands the socket to `receiver` instead of
+        failing. Such a connection never goes back to the pool."""
+        self._switch_receiver = receiver
 
     def write(self, data: bytes) -> None:
         """Request body bytes, framed as the head announced."""
@@ -167,8 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamProtocolError("The upstream service switched protocols unexpectedly."))
+        except httptools.HttpParserUpgrade as upgrade:
+            switch_receiver = self._switch_receiver
+            if switch_receiver is not None and self._parser.get_status_code() == 101:
+                self._switch(switch_receiver, data[upgrade.args[0]:] if upgrade.args else b"")
+            else:
+                self._fail(UpstreamProtocolError("The upstream service switched protocols unexpectedly."))
         except httptools.HttpParserError:
             self._fail(UpstreamProtocolError())
         receiver.flush()  # what this packet produced goes to the client in one write
@@ -219,6 +236,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200:
+            if status == 101 and self._switch_receiver is not None:
+                return  # the head is kept for the receiver: data_received hands the socket over
             # 1xx interim responses are consumed here; the gateway answers 100-continue itself.
             self._lines = []
             self.has_date = False
@@ -251,6 +270,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
         if receiver is not None:
             receiver.response_complete(reusable)
+
+    def _switch(self, switch_receiver: ProtocolSwitchReceiver, early: bytes) -> None:
+        self._receiver = None
+        self.closed = True  # the socket is no longer this object's to read, write, reuse or close
+        assert self.transport is not None
+        switch_receiver.upstream_switched(self._lines, self.transport, early)
 
     def _fail(self, error: HttpError) -> None:
         receiver = self._receiver

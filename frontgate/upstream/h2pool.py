@@ -105,6 +105,10 @@ class H2TargetPool:
         if not task.cancelled():
             task.exception()  # retrieved here too: every waiter may have gone
 
+    def put_back(self, channel: UpstreamChannel) -> None:
+        """A stream taken and not started: it ends here, and its connection counts one stream fewer."""
+        self.release(channel, True)
+
     def release(self, channel: UpstreamChannel, reusable: bool) -> None:
         """The exchange is done with the stream; `reusable` does not matter: the stream ends either way
         (cancelled if it is still open) and the connection carries on."""

@@ -52,6 +52,8 @@ class UpstreamPool(Protocol):
     def take_idle(self) -> UpstreamChannel | None:
         """A channel ready for a request at once, or None: then `connect`."""
     async def connect(self) -> UpstreamChannel: ...
+    def put_back(self, channel: UpstreamChannel) -> None:
+        """Undo `take_idle`: the channel was not used."""
     def release(self, channel: UpstreamChannel, reusable: bool) -> None: ...
     def expire_idle(self, now: float) -> None: ...
     def close(self) -> None: ...
@@ -84,6 +86,14 @@ class TargetPool:
             if not conn.closed:
                 return conn
         return None
+
+    def put_back(self, channel: UpstreamChannel) -> None:
+        """Undo `take_idle` for a request that needs a fresh connection: the pool is left as it was (the same
+        place, the same idle age)."""
+        if self.closed:
+            channel.close()
+        else:
+            self._idle.append(cast(UpstreamConnection, channel))  # the only kind this pool hands out
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()

@@ -142,8 +142,11 @@ class RecordingUpstream:
                     return
                 if not data:
                     return
+                upgraded = False
                 try:
                     parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    upgraded = True  # after this request the socket is the responder's (a WebSocket, say)
                 except httptools.HttpParserError:
                     return
                 while collector.done:
@@ -157,6 +160,8 @@ class RecordingUpstream:
                         conn.sendall(answer)
                     except OSError:
                         return
+                if upgraded:
+                    return
 
     def close(self) -> None:
         self._stop = True

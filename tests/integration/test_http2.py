@@ -62,8 +62,21 @@ def upstream() -> Iterator[RecordingUpstream]:
     server.close()
 
 
-def _routes() -> list[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel does) and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock.getsockname()[1]
+
+
+def _routes(silent_port: int = 9) -> list[dict[str, Any]]:
     return [
+        # Its auth check waits on an introspection endpoint that never answers: the request body piles up.
+        {"name": "held", "match": {"paths": ["/held"]}, "to": "app", "plugins": {"oauth2_introspection": {
+            "url": f"http://127.0.0.1:{silent_port}/introspect", "client_id": "gw", "client_secret": "s",
+            "timeout": "20s"}}},
         {"name": "small", "match": {"paths": ["/small"]}, "to": "app", "plugins": {"body_limit": {"value": "1KiB"}}},
         {"name": "keyed", "match": {"paths": ["/keyed"]}, "to": "app",
          "plugins": {"api_key": {"header": "x-api-key"}}},
@@ -72,9 +85,10 @@ def _routes() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def h2c_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: RecordingUpstream) -> Iterator[RunningGateway]:
+def h2c_gateway(tmp_path_factory: pytest.TempPathFactory, upstream: RecordingUpstream,
+                silent_port: int) -> Iterator[RunningGateway]:
     port = free_port()
-    config = gateway_config(port, free_port(), {"app": [upstream.url]}, _routes(),
+    config = gateway_config(port, free_port(), {"app": [upstream.url]}, _routes(silent_port),
                             plugins={"request_id": {"header": "X-Request-Id"}},
                             consumers=[{"name": "acme", "api_keys": [_key_hash("s3cret")]}])
     config["server"]["listen"] = [{"address": f"127.0.0.1:{port}", "h2c": True}]
@@ -296,15 +310,14 @@ def test_connection_specific_fields_are_a_protocol_error(h2c_gateway: RunningGat
 def test_sending_beyond_the_flow_control_window_is_a_flow_control_error(h2c_gateway: RunningGateway) -> None:
     conn, sock = _raw_h2(h2c_gateway.port)
     _events_until(conn, sock, h2.events.RemoteSettingsChanged)
-    conn.send_headers(1, [(b":method", b"POST"), (b":path", b"/slow"), (b":scheme", b"http"),
-                          (b":authority", b"localhost")])
+    # The request waits on its auth check, so its body is not taken and not acknowledged past 64 KiB.
+    conn.send_headers(1, [(b":method", b"POST"), (b":path", b"/held"), (b":scheme", b"http"),
+                          (b":authority", b"localhost"), (b"authorization", b"Bearer t")])
     # Frames made by hand: the client library would refuse to overrun the window it was given.
     window = conn.remote_settings.initial_window_size
     payload = b"a" * 16384
-    frames = b""
-    for _ in range(window // 16384 + 2):
-        frames += len(payload).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + payload
-    sock.sendall(conn.data_to_send() + frames)
+    frame = len(payload).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + payload
+    sock.sendall(conn.data_to_send() + frame * ((window + 128 * 1024) // 16384))
     goaway = _goaway(_events_until(conn, sock, h2.events.ConnectionTerminated))
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.FLOW_CONTROL_ERROR
 

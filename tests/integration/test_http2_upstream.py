@@ -134,3 +134,17 @@ def test_http2_targets_are_health_checked_over_http2(tmp_path: Path, scripted: l
         wait_until(lambda: httpx.get(gateway.url("/x"), timeout=10).status_code == 200, timeout=5)
     assert any(r.header(":path") == "/ready" and r.header("user-agent") == "frontgate-health-check"
                for r in server.requests)
+
+
+def test_a_websocket_handshake_to_an_http2_upstream_is_served_as_plain_http(
+        tmp_path: Path, scripted: list[ScriptedH2Server]) -> None:
+    server = _server(scripted, lambda request: Respond(200, [], b"plain"))
+    config = gateway_config(free_port(), free_port(), {"plain": [server.url]},
+                            [{"name": "plain", "match": {"paths": ["/"]}, "to": "plain"}])
+    config["upstreams"]["plain"]["protocol"] = "http2"
+    handshake = {"connection": "Upgrade", "upgrade": "websocket", "sec-websocket-version": "13",
+                 "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    with run_gateway(tmp_path, config) as gateway:
+        response = httpx.get(gateway.url("/socket"), headers=handshake, timeout=10)
+    assert response.status_code == 200 and response.text == "plain"
+    assert server.requests[0].header("upgrade") is None  # hop-by-hop, and HTTP/2 has no Upgrade

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import ssl
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,18 @@ def test_only_tls_12_and_13_with_forward_secret_aead_suites_are_accepted(
             weak = client_context(ca, maximum=ssl.TLSVersion.TLSv1_2, ciphers=suite)
             with pytest.raises(ssl.SSLError, match=refused):
                 TlsClient(gw.port, weak, name)
+
+
+def test_a_client_that_never_finishes_its_handshake_is_cut_after_read_header(
+    tmp_path: Path, ca: CA, upstream: RecordingUpstream
+) -> None:
+    config = _config(tmp_path, ca, upstream, [["api.example.com"]])
+    config["server"]["timeouts"]["read_header"] = "1s"
+    with run_gateway(tmp_path, config) as gw, socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and then nothing
+        assert sock.recv(1024) == b""  # closed by the gateway
+        assert 0.8 < time.monotonic() - started < 5
 
 
 def test_alpn_offers_h2_only_when_the_listener_has_http2(tmp_path: Path, ca: CA, upstream: RecordingUpstream) -> None:

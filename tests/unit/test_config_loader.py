@@ -774,3 +774,31 @@ def test_an_undeclared_upstream_is_reported_beside_schema_problems(tmp_path: Pat
     messages = [p.message for p in caught.value.problems]
     assert any("unknown upstream 'b'" in m for m in messages)
     assert any("unknown field 'tiemout'" in m for m in messages)
+
+
+def test_route_websocket_settings_load_with_units_and_mistakes_name_the_field(tmp_path: Path) -> None:
+    good = write(tmp_path, "good.yaml", """\
+        routes:
+          - {name: chat, match: {paths: [/chat]}, to: orders,
+             websocket: {idle_timeout: 90s, max_message_bytes: 1MiB}}
+          - {name: plain, match: {paths: [/plain]}, to: orders}
+        """, head=True)
+    chat, plain = load([good]).config.routes
+    assert (chat.websocket.enabled, chat.websocket.idle_timeout, chat.websocket.max_message_bytes) == (
+        True, 90.0, 1024 * 1024)
+    assert (plain.websocket.enabled, plain.websocket.idle_timeout, plain.websocket.max_message_bytes) == (
+        True, 600.0, None)  # relayed by default, 10 minutes of silence, no message limit
+
+    bad = write(tmp_path, "bad.yaml", """\
+        routes:
+          - name: chat
+            match: {paths: [/chat]}
+            to: orders
+            websocket: {idle_timeout: 0s, max_message_bytes: 0, max_mesage_bytes: 1}
+        """, head=True)
+    assert problems([bad]) == [
+        f"{bad}:9:31: routes[0].websocket.idle_timeout: must be greater than 0.0",
+        f"{bad}:9:54: routes[0].websocket.max_message_bytes: must be greater than 0",
+        f"{bad}:9:57: routes[0].websocket.max_mesage_bytes: unknown field 'max_mesage_bytes' (expected one of: "
+        "enabled, idle_timeout, max_message_bytes)",
+    ]
