@@ -45,7 +45,8 @@ STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 # Request body bytes a stream holds while the peer's window is shut; beyond, the client is not read.
 SEND_BUFFER_HIGH_WATER = 64 * 1024
-# Streams started before the peer's SETTINGS say how many it takes (RFC 9113 §6.5.2 advises at least 100).
+# Streams started before the peer's SETTINGS say how many it takes, unless an earlier connection to the same
+# target told (RFC 9113 §6.5.2 advises peers to allow at least 100).
 STREAMS_BEFORE_SETTINGS = 100
 
 _CONFIG = h2.config.H2Configuration(client_side=True, header_encoding=None)
@@ -364,7 +365,8 @@ class H2UpstreamConnection(asyncio.Protocol):
     """The socket and the h2 state machine of one HTTP/2 connection; streams are handed out by the pool
     (frontgate/upstream/h2pool.py) while `has_room()`."""
 
-    def __init__(self, scheme: bytes, grpc: bool, on_closed: Callable[[H2UpstreamConnection], None]) -> None:
+    def __init__(self, scheme: bytes, grpc: bool, on_closed: Callable[[H2UpstreamConnection], None],
+                 stream_limit: int = STREAMS_BEFORE_SETTINGS) -> None:
         self.scheme = scheme  # :scheme of every request (http for h2c, https over TLS)
         self.grpc = grpc
         self._on_closed = on_closed
@@ -382,7 +384,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.going_away = False  # GOAWAY received (or ids ran out): no new streams
         self.write_paused = False  # the socket's write buffer is full
         self.idle_since = time.monotonic()
-        self._settings_received = False
+        self.settings_received = False
+        self._stream_limit_before_settings = stream_limit
         self._last_processed = 2**31 - 1  # from GOAWAY: streams above it were never processed
         self._connection_unacked = 0
         self._touched: dict[int, ResponseReceiver] = {}
@@ -396,9 +399,14 @@ class H2UpstreamConnection(asyncio.Protocol):
     def has_room(self) -> bool:
         if self.closed or self.going_away:
             return False
-        limit = self.h2.remote_settings.max_concurrent_streams if self._settings_received \
-            else STREAMS_BEFORE_SETTINGS
-        return self.handed_out < limit
+        return self.handed_out < self.stream_limit
+
+    @property
+    def stream_limit(self) -> int:
+        """Streams the peer takes at once (its SETTINGS_MAX_CONCURRENT_STREAMS, once known)."""
+        if self.settings_received:
+            return self.h2.remote_settings.max_concurrent_streams
+        return self._stream_limit_before_settings
 
     def open_stream(self) -> H2Stream:
         self.handed_out += 1
@@ -532,7 +540,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             stream.window_opened()
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged, stream: H2Stream | None) -> None:
-        self._settings_received = True
+        self.settings_received = True
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             for each in list(self.streams.values()):
                 each.window_opened()

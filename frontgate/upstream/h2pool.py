@@ -13,7 +13,7 @@ import logging
 import ssl
 
 from frontgate.upstream.connection import UpstreamChannel
-from frontgate.upstream.h2connection import H2Stream, H2UpstreamConnection
+from frontgate.upstream.h2connection import STREAMS_BEFORE_SETTINGS, H2Stream, H2UpstreamConnection
 from frontgate.upstream.pool import PoolKey, UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.tls import handshake_failure
 
@@ -79,8 +79,9 @@ class H2TargetPool:
         self.connects += 1
         try:
             async with asyncio.timeout(key.connect_timeout):
+                limit = self._known_stream_limit()
                 transport, conn = await loop.create_connection(
-                    lambda: H2UpstreamConnection(self._scheme, key.grpc, self._forget), key.host, key.port,
+                    lambda: H2UpstreamConnection(self._scheme, key.grpc, self._forget, limit), key.host, key.port,
                     ssl=key.tls, server_hostname=key.server_hostname if key.tls else None,
                 )
         except TimeoutError as exc:
@@ -99,6 +100,14 @@ class H2TargetPool:
                 raise UpstreamNotHttp2()
         self._connections.append(conn)
         return conn
+
+    def _known_stream_limit(self) -> int:
+        """What the target's SETTINGS said last time: a new connection does not take more than that before its
+        own SETTINGS arrive (a burst beyond would be refused)."""
+        for conn in reversed(self._connections):
+            if conn.settings_received:
+                return conn.stream_limit
+        return STREAMS_BEFORE_SETTINGS
 
     def _opened(self, task: asyncio.Task[H2UpstreamConnection]) -> None:
         self._opening = None
