@@ -36,7 +36,14 @@ from frontgate.errors import (
 )
 from frontgate.pipeline.context import RequestContext, new_request_id
 from frontgate.protocol.grpc_status import grpc_error_trailers, grpc_status_for, is_grpc
-from frontgate.protocol.http1 import HOP_BY_HOP, RequestFraming, error_body, host_without_port, valid_host
+from frontgate.protocol.http1 import (
+    HOP_BY_HOP,
+    RequestFraming,
+    error_body,
+    host_without_port,
+    split_lines,
+    valid_host,
+)
 from frontgate.routing.normalize import normalize_path
 from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
@@ -60,15 +67,6 @@ _NO_TOKENS: frozenset[bytes] = frozenset()
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
-def _pairs(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
-    """Relayed `name: value\r\n` lines as HTTP/2 fields (hop-by-hop ones are already gone)."""
-    pairs = []
-    for line in lines:
-        colon = line.index(b": ")
-        pairs.append((line[:colon], line[colon + 2 : -2]))
-    return pairs
-
-
 class H2Exchange(Exchange):
     """An exchange whose response is written as HTTP/2 frames on its stream."""
 
@@ -79,7 +77,7 @@ class H2Exchange(Exchange):
     _held_head: list[tuple[bytes, bytes]] | None = None
 
     def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:
-        fields = [(b":status", b"%d" % status), *_pairs(lines)]
+        fields = [(b":status", b"%d" % status), *split_lines(lines)]
         if content_length is not None:
             fields.append((b"content-length", b"%d" % content_length))
         if not has_date:
@@ -105,7 +103,7 @@ class H2Exchange(Exchange):
 
     def response_trailers(self, lines: list[bytes]) -> None:
         if not self.finished:
-            self.conn.trailers = _pairs(lines)
+            self.conn.trailers = split_lines(lines)
 
     def _send_end(self) -> None:
         held = self._held_head

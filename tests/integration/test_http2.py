@@ -289,21 +289,22 @@ def test_a_bad_preface_closes_the_connection(h2c_gateway: RunningGateway) -> Non
     assert b"200" not in received  # never served: answered 400 as HTTP/1.1 garbage, then closed
 
 
-def test_uppercase_header_names_are_a_protocol_error(h2c_gateway: RunningGateway) -> None:
-    conn, sock = _raw_h2(h2c_gateway.port, validate=False)
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
-                          (b":authority", b"localhost"), (b"X-Upper", b"1")], end_stream=True)
-    sock.sendall(conn.data_to_send())
-    goaway = _goaway(_events_until(conn, sock, h2.events.ConnectionTerminated))
-    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+_BASE_HEAD = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"localhost")]
 
 
-def test_connection_specific_fields_are_a_protocol_error(h2c_gateway: RunningGateway) -> None:
+@pytest.mark.parametrize("fields", [
+    pytest.param([*_BASE_HEAD, (b"X-Upper", b"1")], id="uppercase-name"),
+    pytest.param([*_BASE_HEAD, (b"connection", b"keep-alive")], id="connection-specific-field"),
+    pytest.param(_BASE_HEAD[:3], id="no-authority"),
+])
+def test_malformed_header_blocks_are_a_protocol_error_and_never_served(
+        h2c_gateway: RunningGateway, fields: list[tuple[bytes, bytes]]) -> None:
     conn, sock = _raw_h2(h2c_gateway.port, validate=False)
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
-                          (b":authority", b"localhost"), (b"connection", b"keep-alive")], end_stream=True)
+    conn.send_headers(1, fields, end_stream=True)
     sock.sendall(conn.data_to_send())
-    goaway = _goaway(_events_until(conn, sock, h2.events.ConnectionTerminated))
+    events = _events_until(conn, sock, h2.events.ConnectionTerminated)
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
+    goaway = _goaway(events)
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
@@ -332,16 +333,6 @@ def test_a_client_reset_cancels_the_stream_and_the_connection_lives_on(h2c_gatew
     sock.sendall(conn.data_to_send())
     status, _, body = _read_response(conn, sock, 3)
     assert status == 200 and json.loads(body)["target"] == "/after"
-
-
-def test_a_request_without_authority_is_never_served(h2c_gateway: RunningGateway) -> None:
-    conn, sock = _raw_h2(h2c_gateway.port, validate=False)
-    conn.send_headers(1, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")], end_stream=True)
-    sock.sendall(conn.data_to_send())
-    events = _events_until(conn, sock, h2.events.ConnectionTerminated)
-    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
-    goaway = _goaway(events)
-    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
 # --- TLS with ALPN --------------------------------------------------------------------------------------
