@@ -362,10 +362,17 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self.gateway.connections.discard(self)
-        for stream in list(self.streams.values()):
+        self._abandon_streams()
+
+    def _abandon_streams(self) -> None:
+        """The connection is going: nothing more is sent on its streams, and their exchanges let go of their
+        upstreams (the clients see the streams cut, never a whole-looking response)."""
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.response_done = stream.request_done = True
             if stream.exchange is not None and not stream.exchange.finished:
                 stream.exchange.abort()
-        self.streams.clear()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -538,13 +545,14 @@ class H2Connection(asyncio.Protocol):
 
     def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
         stream.request_done = stream.response_done = True
-        with contextlib.suppress(h2.exceptions.StreamClosedError):
-            self.h2.reset_stream(stream.stream_id, code)
+        if not self._closing:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                self.h2.reset_stream(stream.stream_id, code)
         self.forget(stream)
 
     def forget(self, stream: H2Stream) -> None:
         self.streams.pop(stream.stream_id, None)
-        if not self.streams:
+        if not self.streams and not self._closing:
             if self._draining:
                 self.close()
             else:
@@ -558,6 +566,7 @@ class H2Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self._closing:
             self._closing = True
+            self._abandon_streams()
             with contextlib.suppress(h2.exceptions.ProtocolError):  # already terminated: its GOAWAY is queued
                 self.h2.close_connection()
             self.flush()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import json
 import socket
 import ssl
@@ -170,15 +170,18 @@ def test_server_sent_events_are_relayed_unbuffered(h2c_gateway: RunningGateway) 
 
 
 def test_many_concurrent_streams_on_one_connection(h2c_gateway: RunningGateway) -> None:
-    with h2_client(limits=httpx.Limits(max_connections=1)) as client:
-        def fetch(i: int) -> tuple[int, str]:
-            response = client.get(h2c_gateway.url(f"/n/{i}"))
-            return response.status_code, response.json()["target"]
+    # One event loop drives all streams: httpx's HTTP/2 connection is not safe to share between threads
+    # (its HPACK encoder state races, which a server rightly reads as garbled header blocks).
+    async def fetch_all() -> list[tuple[int, str]]:
+        async with httpx.AsyncClient(http1=False, http2=True, timeout=30,
+                                     limits=httpx.Limits(max_connections=1)) as client:
+            async def fetch(i: int) -> tuple[int, str]:
+                response = await client.get(h2c_gateway.url(f"/n/{i}"))
+                return response.status_code, response.json()["target"]
 
-        with concurrent.futures.ThreadPoolExecutor(40) as pool:
-            results = list(pool.map(fetch, range(120)))
-    assert results == [(200, f"/n/{i}") for i in range(120)]
+            return list(await asyncio.gather(*(fetch(i) for i in range(120))))
 
+    assert asyncio.run(fetch_all()) == [(200, f"/n/{i}") for i in range(120)]
 
 def test_the_gateway_announces_its_stream_and_header_limits(h2c_gateway: RunningGateway) -> None:
     conn, sock = _raw_h2(h2c_gateway.port)
@@ -306,6 +309,21 @@ def test_malformed_header_blocks_are_a_protocol_error_and_never_served(
     assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
     goaway = _goaway(events)
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+
+
+def test_a_connection_error_drops_its_streams_in_flight_cleanly(h2c_gateway: RunningGateway) -> None:
+    conn, sock = _raw_h2(h2c_gateway.port, validate=False)
+    conn.send_headers(1, [*_BASE_HEAD[:1], (b":path", b"/slow"), *_BASE_HEAD[2:]], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    time.sleep(0.1)  # the first stream is waiting on its upstream
+    conn.send_headers(3, [*_BASE_HEAD, (b"X-Upper", b"1")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    goaway = _goaway(_events_until(conn, sock, h2.events.ConnectionTerminated))
+    assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    time.sleep(0.8)  # the upstream answers the abandoned stream meanwhile
+    with h2_client() as client:
+        assert client.get(h2c_gateway.url("/after-error")).status_code == 200
+    assert "Traceback" not in h2c_gateway.logs()
 
 
 def test_sending_beyond_the_flow_control_window_is_a_flow_control_error(h2c_gateway: RunningGateway) -> None:
