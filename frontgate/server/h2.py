@@ -567,7 +567,9 @@ class H2Connection(asyncio.Protocol):
         if not self._closing:
             self._closing = True
             self._abandon_streams()
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # already terminated: its GOAWAY is queued
+            # After a protocol error the library has already queued its GOAWAY (with the error code), and
+            # after the client's GOAWAY none is owed: one GOAWAY per connection, never a second saying "fine".
+            if self.h2.state_machine.state is not h2.connection.ConnectionState.CLOSED:
                 self.h2.close_connection()
             self.flush()
             if self.transport is not None:

@@ -311,6 +311,17 @@ def test_malformed_header_blocks_are_a_protocol_error_and_never_served(
     assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
 
 
+def test_a_protocol_error_gets_exactly_one_goaway_then_the_close(h2c_gateway: RunningGateway) -> None:
+    conn, sock = _raw_h2(h2c_gateway.port, validate=False)
+    conn.send_headers(1, [*_BASE_HEAD, (b"X-Upper", b"1")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    goaways = [f for f in _raw_frames(received) if isinstance(f, hyperframe.frame.GoAwayFrame)]
+    assert [g.error_code for g in goaways] == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+
+
 def test_a_connection_error_drops_its_streams_in_flight_cleanly(h2c_gateway: RunningGateway) -> None:
     conn, sock = _raw_h2(h2c_gateway.port, validate=False)
     conn.send_headers(1, [*_BASE_HEAD[:1], (b":path", b"/slow"), *_BASE_HEAD[2:]], end_stream=True)
