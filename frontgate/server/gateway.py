@@ -134,7 +134,7 @@ class Gateway:
     def _protocol_factory(self, listener: Listener) -> Callable[[], asyncio.Protocol]:
         """HTTP/1.1 unless the listener offers HTTP/2 (by ALPN over TLS, or by prior knowledge in clear)."""
         from frontgate.server.connection import HttpConnection
-        from frontgate.server.h2 import AlpnSwitch, PriorKnowledgeSniffer
+        from frontgate.server.negotiate import AlpnSwitch, PriorKnowledgeSniffer
         from frontgate.server.tls_connection import TlsConnection
 
         if listener.tls is not None:

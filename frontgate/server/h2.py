@@ -6,6 +6,7 @@ Frames, HPACK and the flow-control arithmetic come from the `h2` library. Every 
 response is written differs (`H2Exchange`), and each stream stands in for the connection the exchange
 talks to (`H2Stream`). Back-pressure is per stream: a request body is acknowledged (WINDOW_UPDATE) only
 once the exchange took it, and a response waits for the client's window while its upstream is paused.
+Which protocol a connection speaks is settled in server/negotiate.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import h2.config
@@ -35,18 +35,17 @@ from frontgate.errors import (
     UriTooLong,
 )
 from frontgate.pipeline.context import RequestContext, new_request_id
-from frontgate.protocol.grpc_status import grpc_error_trailers, grpc_status_for, is_grpc
+from frontgate.protocol.grpc_status import grpc_error_trailers, is_grpc
 from frontgate.protocol.http1 import (
     HOP_BY_HOP,
     RequestFraming,
     error_body,
     host_without_port,
-    split_lines,
     valid_host,
 )
 from frontgate.routing.normalize import normalize_path
-from frontgate.server.exchange import Exchange, local_reply_head
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
+from frontgate.server.h2_stream import NEVER, H2Exchange, H2Stream
 from frontgate.tls.client_cert import XFCC_HEADER, ClientCertificate, client_certificate
 
 if TYPE_CHECKING:
@@ -54,262 +53,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("frontgate.h2")
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 256 * 1024  # what one stream's client may send ahead of us (request bodies)
 CONNECTION_WINDOW = 1024 * 1024
-# Response bytes waiting for the client's window; beyond this the stream's upstream stops being read.
-SEND_HIGH_WATER = 64 * 1024
-_NEVER = float("inf")
 # XFCC: only the gateway sets it, from the verified certificate.
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline", b"host", b"content-length", XFCC_HEADER}
 _NO_TOKENS: frozenset[bytes] = frozenset()
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-
-
-class H2Exchange(Exchange):
-    """An exchange whose response is written as HTTP/2 frames on its stream."""
-
-    conn: H2Stream
-    # The head of a response announced empty, held until the end: a gRPC trailers-only response (an
-    # upstream's error status) must reach the client as one HEADERS frame with END_STREAM, which gRPC
-    # clients require; HEADERS and then an empty DATA frame would read as a broken stream.
-    _held_head: list[tuple[bytes, bytes]] | None = None
-
-    def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:
-        fields = [(b":status", b"%d" % status), *split_lines(lines)]
-        if content_length is not None:
-            fields.append((b"content-length", b"%d" % content_length))
-        if not has_date:
-            fields.append((b"date", self.conn.gateway.date_line[6:-2]))
-        if content_length == 0 and not self.head_only:
-            self._held_head = fields
-            return
-        self.conn.send_headers(fields, end_stream=self.head_only)
-
-    def _send_held_head(self) -> None:
-        fields, self._held_head = self._held_head, None
-        if fields is not None:
-            self.conn.send_headers(fields, end_stream=False)
-
-    def response_body(self, data: bytes) -> None:
-        if self.finished:
-            return
-        if self._held_head is not None:
-            self._send_held_head()
-        self.bytes_out += len(data)
-        self.last_upstream_activity = self.conn.loop.time()
-        self.conn.send_data(data)
-
-    def response_trailers(self, lines: list[bytes]) -> None:
-        if not self.finished:
-            self.conn.trailers = split_lines(lines)
-
-    def _send_end(self) -> None:
-        held = self._held_head
-        if held is not None and self.conn.trailers is None:
-            self._held_head = None
-            self.conn.send_headers(held, end_stream=True)  # trailers-only
-            return
-        self._send_held_head()
-        self.conn.end_response()
-
-
-class H2Stream:
-    """One request stream: what its exchange sees as the client connection."""
-
-    exchange: H2Exchange | None = None
-    trailers: list[tuple[bytes, bytes]] | None = None
-    body_deadline = _NEVER  # the request body must keep coming (server.timeouts.read_body)
-
-    def __init__(self, connection: H2Connection, stream_id: int, grpc: bool) -> None:
-        self.connection = connection
-        self.gateway = connection.gateway
-        self.loop = connection.loop
-        self.stream_id = stream_id
-        self.grpc = grpc
-        self.out: list[bytes] = []  # the HTTP/1.1 exchange's buffer; never used over HTTP/2
-        self._queued: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._end_queued = False
-        self._headers_sent = False
-        self.response_done = False  # END_STREAM (or RST_STREAM) sent
-        self.request_done = False  # the client's END_STREAM came (or the stream was reset)
-        self._paused_for: set[str] = set()
-        self._unacked = 0
-        self._upstream_paused = False
-
-    # --- the request side --------------------------------------------------------------------------
-
-    def request_data(self, data: bytes, flow_controlled: int) -> None:
-        exchange = self.exchange
-        if data and exchange is not None and not exchange.body_complete:  # (an empty chunk would end the body)
-            self.body_deadline = self.loop.time() + self.connection.timeouts.read_body
-            exchange.request_body(data)
-        if self._paused_for:
-            self._unacked += flow_controlled  # acknowledged when the exchange resumes reading
-        else:
-            self.connection.acknowledge(flow_controlled, self.stream_id)
-
-    def request_ended(self) -> None:
-        self.request_done = True
-        self.body_deadline = _NEVER
-        exchange = self.exchange
-        if exchange is not None and not exchange.body_complete:
-            exchange.request_complete()
-        if self.response_done:
-            self.connection.forget(self)
-
-    def pause_reading_for(self, reason: str) -> None:
-        self._paused_for.add(reason)
-
-    def resume_reading_for(self, reason: str) -> None:
-        self._paused_for.discard(reason)
-        if not self._paused_for and self._unacked:
-            unacked, self._unacked = self._unacked, 0
-            self.connection.acknowledge(unacked, self.stream_id)
-            self.connection.flush()
-
-    # --- the response side -------------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        """Raw HTTP/1.1 bytes (only `100 Continue`): never asked for over HTTP/2."""
-
-    def flush(self) -> None:
-        self.connection.flush()
-
-    def send_headers(self, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
-        if self.response_done:
-            return
-        self._headers_sent = True
-        self.connection.h2.send_headers(self.stream_id, fields, end_stream=end_stream)
-        if end_stream:
-            self._response_ended()
-
-    def send_data(self, data: bytes) -> None:
-        if self.response_done or not data:
-            return
-        self._queued.append(data)
-        self._queued_bytes += len(data)
-        self.push()
-
-    def end_response(self) -> None:
-        if not self.response_done:
-            self._end_queued = True
-            self.push()
-
-    def push(self) -> None:
-        """Send what the client's flow-control window allows; end the stream when all is out."""
-        if self.response_done:
-            return
-        h2c = self.connection.h2
-        stream_id = self.stream_id
-        queued = self._queued
-        try:
-            while queued:
-                room = min(h2c.local_flow_control_window(stream_id), h2c.max_outbound_frame_size)
-                if room <= 0:
-                    break
-                data = queued[0]
-                if len(data) > room:
-                    piece, queued[0] = data[:room], data[room:]
-                else:
-                    piece = queued.popleft()
-                self._queued_bytes -= len(piece)
-                h2c.send_data(stream_id, piece)
-            if not queued and self._end_queued:
-                if self.trailers is not None:
-                    h2c.send_headers(stream_id, self.trailers, end_stream=True)
-                else:
-                    h2c.end_stream(stream_id)
-                self._response_ended()
-                return
-        except h2.exceptions.StreamClosedError:
-            self._gone()
-            return
-        paused = self._queued_bytes > SEND_HIGH_WATER
-        if paused != self._upstream_paused and self.exchange is not None:
-            self._upstream_paused = paused
-            self.exchange.client_write_paused(paused)
-
-    def _response_ended(self) -> None:
-        self.response_done = True
-        self._queued.clear()
-        if self.request_done:
-            self.connection.forget(self)
-        else:
-            # The answer came before the whole request body (an early error, or an upstream that did not
-            # wait): the rest is not wanted (RFC 9113 §8.1).
-            self.connection.reset(self, h2.errors.ErrorCodes.NO_ERROR)
-
-    def _gone(self) -> None:
-        self.response_done = self.request_done = True
-        self._queued.clear()
-        self.connection.forget(self)
-
-    # --- what the exchange calls at its end ----------------------------------------------------------
-
-    def send_error(self, exchange: Exchange, error: HttpError) -> None:
-        if self.grpc and not self._headers_sent:
-            # A gRPC client understands statuses, not JSON: a trailers-only response (HTTP 200).
-            head = local_reply_head(exchange, 200, [])
-            fields = [(b":status", b"200"), (b"content-type", b"application/grpc"),
-                      *grpc_error_trailers(error), *head.headers]
-            self.send_headers(fields, end_stream=True)
-            exchange.grpc_status = grpc_status_for(error.status)  # the access log and metrics show what was sent
-            exchange.mark_local_reply_done(error.status)
-            self.exchange_finished(exchange)
-            self.flush()
-            return
-        body = error_body(error, exchange.ctx.request_id)
-        self.send_local(exchange, error.status, body, list(error.headers), b"application/json")
-
-    def send_local(
-        self,
-        exchange: Exchange,
-        status: int,
-        body: bytes,
-        headers: list[tuple[bytes, bytes]],
-        content_type: bytes | None,
-        force_close: bool = False,
-    ) -> None:
-        """A reply the gateway makes itself; response hooks run as over HTTP/1.1."""
-        head = local_reply_head(exchange, status, headers)
-        fields = [(b":status", b"%d" % head.status), (b"date", self.gateway.date_line[6:-2])]
-        fields += [(name.lower(), value) for name, value in head.headers if name.lower() not in HOP_BY_HOP]
-        if content_type is not None and body:
-            fields.append((b"content-type", content_type))
-        if head.status != 204 and head.status != 304:
-            fields.append((b"content-length", b"%d" % len(body)))
-        send_body = bool(body) and not exchange.head_only
-        self.send_headers(fields, end_stream=not send_body)
-        if send_body:
-            self.send_data(body)
-            self.end_response()
-        exchange.bytes_out = len(body)
-        exchange.mark_local_reply_done(head.status)
-        self.exchange_finished(exchange)
-        self.flush()
-
-    def exchange_finished(self, exchange: Exchange) -> None:
-        self.gateway.observe(exchange)
-
-    def abort_exchange(self, exchange: Exchange) -> None:
-        """The response was cut after it started: the client sees the stream reset, never a whole-looking
-        response."""
-        self.gateway.observe(exchange)
-        if not self.response_done:
-            self.response_done = True
-            self._queued.clear()
-            self.connection.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            self.flush()
-
-    def client_reset(self) -> None:
-        self.response_done = self.request_done = True
-        self._queued.clear()
-        if self.exchange is not None and not self.exchange.finished:
-            self.exchange.abort()
-        self.connection.forget(self)
 
 
 class H2Connection(asyncio.Protocol):
@@ -329,7 +79,7 @@ class H2Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.client_cert: ClientCertificate | None = None  # verified at the handshake (mTLS), read once
-        self.wait_deadline = _NEVER
+        self.wait_deadline = NEVER
         self._closing = False
         self._draining = False
 
@@ -587,7 +337,7 @@ class H2Connection(asyncio.Protocol):
             if exchange is None:
                 continue
             if stream.body_deadline <= now and not exchange.finished:
-                stream.body_deadline = _NEVER
+                stream.body_deadline = NEVER
                 exchange.fail(RequestTimeout("The request body was not received in time."))
             elif exchange.deadline <= now:
                 exchange.check_deadline(now)
@@ -607,64 +357,3 @@ class H2Connection(asyncio.Protocol):
         goaway.last_stream_id = max(self.streams)
         if self.transport is not None:
             self.transport.write(goaway.serialize())
-
-
-class AlpnSwitch(asyncio.Protocol):
-    """A TLS listener offering h2: once the handshake chose a protocol, hand the transport to HTTP/2 or
-    HTTP/1.1."""
-
-    def __init__(self, gateway: Gateway, scheme: str) -> None:
-        self.gateway = gateway
-        self.scheme = scheme
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        from frontgate.server.tls_connection import TlsConnection
-
-        ssl_object = transport.get_extra_info("ssl_object")
-        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        protocol: asyncio.Protocol
-        if chosen == "h2":
-            protocol = H2Connection(self.gateway, self.scheme)
-        else:
-            protocol = TlsConnection(self.gateway, self.scheme)
-        cast(asyncio.Transport, transport).set_protocol(protocol)
-        protocol.connection_made(transport)
-
-
-class PriorKnowledgeSniffer(asyncio.Protocol):
-    """A cleartext listener with `h2c: true`: the HTTP/2 preface means HTTP/2, anything else HTTP/1.1."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.transport: asyncio.Transport | None = None
-        self._seen = b""
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        read_header = self.gateway.runtime.config.server.timeouts.read_header
-        self._timer = self.gateway.loop.call_later(read_header, self.transport.close)
-
-    def data_received(self, data: bytes) -> None:
-        from frontgate.server.connection import HttpConnection
-
-        seen = self._seen = self._seen + data
-        shared = min(len(seen), len(PREFACE))
-        protocol: asyncio.Protocol
-        if seen[:shared] != PREFACE[:shared]:
-            protocol = HttpConnection(self.gateway, "http")
-        elif len(seen) >= len(PREFACE):
-            protocol = H2Connection(self.gateway, "http")
-        else:
-            return  # a preface arriving in pieces
-        if self._timer is not None:
-            self._timer.cancel()
-        transport = self.transport
-        assert transport is not None
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(seen)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()

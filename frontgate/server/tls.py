@@ -27,7 +27,7 @@ TLS12_CIPHERS = ":".join((
 
 
 def alpn_protocols(tls: ListenerTls) -> list[str]:
-    """What the listener offers by ALPN, most preferred first (server/h2.py's AlpnSwitch reads the choice)."""
+    """What the listener offers by ALPN, most preferred first (server/negotiate.py's AlpnSwitch reads the choice)."""
     return ["h2", "http/1.1"] if tls.http2 else ["http/1.1"]
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -287,9 +288,10 @@ def test_a_bad_preface_closes_the_connection(h2c_gateway: RunningGateway) -> Non
     with socket.create_connection(("127.0.0.1", h2c_gateway.port), timeout=5) as sock:
         sock.sendall(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
         received = b""
-        while chunk := sock.recv(65536):
-            received += chunk
-    assert b"200" not in received  # never served: answered 400 as HTTP/1.1 garbage, then closed
+        with contextlib.suppress(ConnectionResetError):  # a close with our bytes unread is a reset
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert b" 200 " not in received  # never served: at most a 400 for HTTP/1.1 garbage, then closed
 
 
 _BASE_HEAD = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"), (b":authority", b"localhost")]
