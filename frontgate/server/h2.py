@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import h2.config
 import h2.connection
@@ -62,6 +62,32 @@ _NO_TOKENS: frozenset[bytes] = frozenset()
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
+class _ServerState(h2.connection.H2Connection):
+    """The library's server state machine, refusing a stream beyond MAX_CONCURRENT_STREAMS with
+    RST_STREAM(REFUSED_STREAM), as RFC 9113 §5.1.2 asks, instead of ending the whole connection.
+
+    A client may open streams before our SETTINGS reach it (until then the limit is unlimited for it), and a
+    refused stream is safe for it to retry. The header block is still decoded so HPACK stays in step. Relies
+    on two library internals (h2 is pinned below 5; tests/integration/test_http2.py guards it)."""
+
+    _admitting_refused = False
+
+    @property
+    def open_inbound_streams(self) -> int:
+        return 0 if self._admitting_refused else super().open_inbound_streams
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        if frame.stream_id in self.streams or super().open_inbound_streams < self.local_settings.max_concurrent_streams:
+            return super()._receive_headers_frame(frame)
+        self._admitting_refused = True
+        try:
+            frames, _ = super()._receive_headers_frame(frame)
+        finally:
+            self._admitting_refused = False
+        self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        return frames, []  # no events: the gateway never sees the stream
+
+
 class H2Connection(asyncio.Protocol):
     """One client's HTTP/2 connection and its streams."""
 
@@ -74,7 +100,7 @@ class H2Connection(asyncio.Protocol):
         server = gateway.runtime.config.server
         self.limits = server.limits
         self.timeouts = server.timeouts
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2 = _ServerState(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.streams: dict[int, H2Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""

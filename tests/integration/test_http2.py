@@ -192,6 +192,32 @@ def test_the_gateway_announces_its_stream_and_header_limits(h2c_gateway: Running
     assert settings[h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE].new_value == 16 * 1024
 
 
+def test_streams_beyond_the_limit_are_refused_one_by_one_and_the_rest_served(h2c_gateway: RunningGateway) -> None:
+    # Sent at once, before the client could know the limit (RFC 9113 §5.1.2: REFUSED_STREAM, safe to retry).
+    conn, sock = _raw_h2(h2c_gateway.port)
+    stream_ids = list(range(1, 2 * 105, 2))
+    for stream_id in stream_ids:
+        conn.send_headers(stream_id, [*_BASE_HEAD[:1], (b":path", b"/n/%d" % stream_id), *_BASE_HEAD[2:]],
+                          end_stream=True)
+    sock.sendall(conn.data_to_send())
+    ended: set[int] = set()
+    refused: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(ended) + len(refused) < len(stream_ids) and time.monotonic() < deadline:
+        for event in conn.receive_data(sock.recv(65536)):
+            if isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                assert event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                refused.add(event.stream_id)
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            assert not isinstance(event, h2.events.ConnectionTerminated)
+        sock.sendall(conn.data_to_send())
+    assert ended == set(stream_ids[:100])
+    assert refused == set(stream_ids[100:])
+
+
 def test_routing_errors_and_plugins_work_as_over_http1(h2c_gateway: RunningGateway) -> None:
     with h2_client() as client:
         refused = client.get(h2c_gateway.url("/keyed"))
