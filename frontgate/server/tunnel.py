@@ -15,6 +15,7 @@ ends in the access log as its handshake request: status 101, bytes each way, dur
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from frontgate.config.schema import WebSocket
@@ -60,8 +61,8 @@ class Tunnel:
         """Take both sockets over; `*_early` are the bytes each side sent before the switch was made."""
         client, upstream = self.client, self.upstream
         self.gateway.tunnels.add(self)
-        client.set_protocol(_ClientSide(self))
-        upstream.set_protocol(_UpstreamSide(self))
+        client.set_protocol(_Side(self, self.from_client, self.client_full))
+        upstream.set_protocol(_Side(self, self.from_upstream, self.upstream_full))
         if upstream_early:
             self.from_upstream(upstream_early)
         if client_early and not self.ended:
@@ -171,14 +172,17 @@ class Tunnel:
             self.end()
 
 
-class _ClientSide(asyncio.Protocol):
-    """The client's socket, once it speaks WebSocket."""
+class _Side(asyncio.Protocol):
+    """One socket of the tunnel (the client's or the upstream's), once it speaks WebSocket: its events go to
+    the tunnel's handlers for that side."""
 
-    def __init__(self, tunnel: Tunnel) -> None:
+    def __init__(self, tunnel: Tunnel, received: Callable[[bytes], None], full: Callable[[bool], None]) -> None:
         self.tunnel = tunnel
+        self._received = received
+        self._full = full
 
     def data_received(self, data: bytes) -> None:
-        self.tunnel.from_client(data)
+        self._received(data)
 
     def eof_received(self) -> bool | None:
         self.tunnel.end()
@@ -188,30 +192,7 @@ class _ClientSide(asyncio.Protocol):
         self.tunnel.socket_closed()
 
     def pause_writing(self) -> None:
-        self.tunnel.client_full(True)
+        self._full(True)
 
     def resume_writing(self) -> None:
-        self.tunnel.client_full(False)
-
-
-class _UpstreamSide(asyncio.Protocol):
-    """The upstream's socket, once it speaks WebSocket."""
-
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
-
-    def data_received(self, data: bytes) -> None:
-        self.tunnel.from_upstream(data)
-
-    def eof_received(self) -> bool | None:
-        self.tunnel.end()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.tunnel.socket_closed()
-
-    def pause_writing(self) -> None:
-        self.tunnel.upstream_full(True)
-
-    def resume_writing(self) -> None:
-        self.tunnel.upstream_full(False)
+        self._full(False)
