@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 
 from frontgate.upstream.connection import UpstreamChannel
 from frontgate.upstream.h2connection import STREAMS_BEFORE_SETTINGS, H2Stream, H2UpstreamConnection
-from frontgate.upstream.pool import PoolKey, UpstreamConnectError, UpstreamConnectTimeout
-from frontgate.upstream.tls import handshake_failure
+from frontgate.upstream.pool import PoolKey, UpstreamConnectError, open_connection
 
 log = logging.getLogger("frontgate.upstream")
 
@@ -75,23 +73,10 @@ class H2TargetPool:
 
     async def _open(self) -> H2UpstreamConnection:
         key = self.key
-        loop = asyncio.get_running_loop()
         self.connects += 1
-        try:
-            async with asyncio.timeout(key.connect_timeout):
-                limit = self._known_stream_limit()
-                transport, conn = await loop.create_connection(
-                    lambda: H2UpstreamConnection(self._scheme, key.grpc, self._forget, limit), key.host, key.port,
-                    ssl=key.tls, server_hostname=key.server_hostname if key.tls else None,
-                )
-        except TimeoutError as exc:
-            raise UpstreamConnectTimeout() from exc
-        except ssl.SSLError as exc:
-            # The client gets a plain 502; the operator needs to know which upstream and why.
-            log.error("upstream %s: %s", self.label, handshake_failure(exc))
-            raise UpstreamConnectError() from exc
-        except OSError as exc:
-            raise UpstreamConnectError() from exc
+        limit = self._known_stream_limit()
+        transport, conn = await open_connection(
+            lambda: H2UpstreamConnection(self._scheme, key.grpc, self._forget, limit), key, self.label)
         if key.tls is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 from frontgate.errors import BadGateway, GatewayTimeout
 from frontgate.upstream.connection import UpstreamChannel, UpstreamConnection
@@ -36,6 +37,30 @@ class PoolKey:
     connect_timeout: float
     http2: bool = False  # HTTP/2 (h2c prior knowledge, or ALPN h2 over TLS): frontgate/upstream/h2pool.py
     grpc: bool = False  # an HTTP/2 upstream declared `protocol: grpc`: the deadline goes as grpc-timeout
+
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_connection(factory: Callable[[], P], key: PoolKey, label: str) -> tuple[asyncio.Transport, P]:
+    """A new connection to the target of `key` (TLS when it says so), within its connect timeout; failures
+    become the gateway's 502/504 errors."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(key.connect_timeout):
+            transport, conn = await loop.create_connection(
+                factory, key.host, key.port, ssl=key.tls,
+                server_hostname=key.server_hostname if key.tls else None,
+            )
+    except TimeoutError as exc:
+        raise UpstreamConnectTimeout() from exc
+    except ssl.SSLError as exc:
+        # The client gets a plain 502; the operator needs to know which upstream and why.
+        log.error("upstream %s: %s", label, handshake_failure(exc))
+        raise UpstreamConnectError() from exc
+    except OSError as exc:
+        raise UpstreamConnectError() from exc
+    return transport, conn
 
 
 class UpstreamPool(Protocol):
@@ -96,23 +121,8 @@ class TargetPool:
             self._idle.append(cast(UpstreamConnection, channel))  # the only kind this pool hands out
 
     async def connect(self) -> UpstreamConnection:
-        loop = asyncio.get_running_loop()
-        key = self.key
         self.connects += 1
-        try:
-            async with asyncio.timeout(key.connect_timeout):
-                _, conn = await loop.create_connection(
-                    UpstreamConnection, key.host, key.port, ssl=key.tls,
-                    server_hostname=key.server_hostname if key.tls else None,
-                )
-        except TimeoutError as exc:
-            raise UpstreamConnectTimeout() from exc
-        except ssl.SSLError as exc:
-            # The client gets a plain 502; the operator needs to know which upstream and why.
-            log.error("upstream %s: %s", self.label, handshake_failure(exc))
-            raise UpstreamConnectError() from exc
-        except OSError as exc:
-            raise UpstreamConnectError() from exc
+        _, conn = await open_connection(UpstreamConnection, self.key, self.label)
         return conn
 
     def release(self, channel: UpstreamChannel, reusable: bool) -> None:
