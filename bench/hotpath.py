@@ -6,6 +6,7 @@ is our Python per request (parsing, routing, plugins, pool, framing), measured w
 other load on the machine barely moves it. Use it to compare commits; use bench/run.sh against nginx.
 
     .venv/bin/python bench/hotpath.py [CONFIG] [REQUESTS]
+    BENCH_PROFILE=30 .venv/bin/python bench/hotpath.py CONFIG   # the 30 costliest functions instead
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ async def main(config: str, count: int) -> None:
 
     for _ in range(2000):
         one()
+    if os.environ.get("BENCH_PROFILE"):  # where the time goes, by function (cProfile inflates every call)
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: [one() for _ in range(count)])
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(int(os.environ["BENCH_PROFILE"]))
+        return
     started = time.process_time()
     for _ in range(count):
         one()
