@@ -30,7 +30,7 @@ from ruamel.yaml.error import YAMLError
 
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import ConfigError, ConfigProblem, HttpError
-from frontgate.pipeline.context import RequestContext
+from frontgate.pipeline.context import RequestContext, settled
 from frontgate.routing.normalize import normalize_path, split_target
 from frontgate.server.forwarding import FORWARDING_FIELDS, add_forwarding_headers, client_address
 
@@ -129,7 +129,7 @@ async def _run_one(runtime: Runtime, test: PolicyTest) -> Outcome:
         ctx.route = route
         status = "proxied"
         for hook in route.request_hooks:
-            reply = await hook(ctx)
+            reply = await settled(hook(ctx))
             if reply is not None:
                 status = reply.status
                 break

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -23,12 +23,10 @@ from frontgate.auth.errors import AuthFailure, AuthUnavailable, Forbidden, Unaut
 from frontgate.auth.metrics import record_failure
 from frontgate.config.schema import GatewayConfig, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import Reply, RequestContext
+from frontgate.pipeline.context import Reply, RequestContext, RequestHook
 
 if TYPE_CHECKING:  # frontgate.plugins imports this module through the auth plugins
     from frontgate.plugins.base import BuildContext, Plugin
-
-RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 
 CONSUMER_HEADER = b"x-consumer"
 WWW_AUTHENTICATE = b"www-authenticate"
@@ -149,7 +147,7 @@ def gateway_set_headers(config: GatewayConfig, shared: dict[str, Any]) -> frozen
 def strip_hook(names: frozenset[bytes]) -> RequestHook:
     prefixes = tuple(name + b": " for name in names)
 
-    async def strip_gateway_headers(ctx: RequestContext) -> Reply | None:
+    def strip_gateway_headers(ctx: RequestContext) -> None:
         # Scan the ready-made `name: value\r\n` lines (lowercase names): most requests carry none of these
         # headers, and then the header pairs are never built.
         lines = ctx.header_lines()

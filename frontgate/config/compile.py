@@ -7,7 +7,7 @@ A reload compiles a whole new Runtime aside and swaps it in; requests in flight 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, WebSocket
-from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.context import RequestContext, RequestHook, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
@@ -29,7 +29,6 @@ from frontgate.upstream.pool import PoolKey
 from frontgate.upstream.retry import RetryPolicy
 from frontgate.upstream.tls import upstream_tls_context
 
-RequestHook = Callable[[RequestContext], Awaitable[Reply | None]]
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
 LogHook = Callable[[RequestContext, RequestSummary], None]
 StickyKey = Callable[[Sequence[tuple[bytes, bytes]], str, Any], bytes | None]

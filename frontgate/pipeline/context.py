@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,18 @@ class Reply:
     body: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = b"application/json"
+
+
+# A request hook answers at once (None: go on; a Reply: answer with it) or, when it must wait for something
+# (a JWKS fetch, a Redis round trip), returns an awaitable of that answer. Most requests meet only hooks that
+# answer at once, and then no coroutine is made at all.
+HookResult = Reply | None | Awaitable[Reply | None]
+RequestHook = Callable[["RequestContext"], HookResult]
+
+
+async def settled(result: HookResult) -> Reply | None:
+    """A hook's answer, once it is there."""
+    return result if result is None or isinstance(result, Reply) else await result
 
 
 class RequestContext:

@@ -106,7 +106,7 @@ class AllowPlugin(Plugin):
         record_failure(ctx, self.name, reason)
         return Forbidden(headers=[(b"www-authenticate", challenge)] if challenge else None)
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> Reply | None:
         if self._ips is not None and not self._ips(ctx.client_ip):
             raise self._deny(ctx, "ip_not_allowed")
         if self._subjects:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from frontgate.config.schema import GatewayConfig, Route
-from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.context import HookResult, RequestContext, RequestSummary, ResponseHead
 
 
 class PluginConfig(BaseModel):
@@ -44,8 +44,10 @@ class Plugin:
         self.route = route
         self.build = build
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
-        """Inspect or change the request; return a Reply (or raise an HttpError) to answer it here."""
+    def on_request(self, ctx: RequestContext) -> HookResult:
+        """Inspect or change the request; return a Reply (or raise an HttpError) to answer it here. A hook
+        that must wait (I/O) is an `async def`, or returns an awaitable only when it has to wait: a plain
+        return costs no coroutine (see frontgate/pipeline/context.py `HookResult`)."""
         return None
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:

@@ -85,7 +85,7 @@ class RequestHeadersPlugin(Plugin):
         super().__init__(config, route, build)
         self._rules = HeaderRules(config)
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> Reply | None:
         ctx.headers = self._rules.apply(ctx.headers)
         return None
 

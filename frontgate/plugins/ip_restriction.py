@@ -45,7 +45,7 @@ class IpRestrictionPlugin(Plugin):
         self._allow = network_matcher(config.allow) if config.allow else None
         self._deny = network_matcher(config.deny) if config.deny else None
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> Reply | None:
         ip = ctx.client_ip
         if (self._deny is not None and self._deny(ip)) or (self._allow is not None and not self._allow(ip)):
             record_failure(ctx, self.name, "ip_denied")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from frontgate.config.schema import Methods, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import Reply, RequestContext, RequestSummary
+from frontgate.pipeline.context import HookResult, RequestContext, RequestSummary
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, key_function
 from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
@@ -154,6 +154,11 @@ class Applicable:
     policy: bytes  # the RateLimit-Policy value (empty without rate limits)
     items: tuple[bytes, ...]  # per rate limit: b'"name";r='
     counters: tuple[LimitCounters, ...]
+    only_rule: RateRule | None  # the one rate limit, when it is all there is (no concurrency slots)
+
+
+# What the access log needs to know of a request admitted on the fast path (see RateLimitPlugin.on_request).
+_ADMITTED = Verdict(True, [], [], 0, 0)
 
 
 def _sf_string(value: str) -> bytes:
@@ -197,6 +202,7 @@ class RateLimitPlugin(Plugin):
             ),
             items=tuple(_sf_string(r.name) + b";r=" for r in rates),
             counters=tuple(counters_for(n) for n in names),
+            only_rule=rates[0].rule if len(rates) == 1 and not slots else None,
         )
 
     async def startup(self) -> None:
@@ -205,22 +211,47 @@ class RateLimitPlugin(Plugin):
     async def shutdown(self) -> None:
         await self.store.close()
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> HookResult:
         applicable = self._by_method.get(ctx.method, self._other) if self._by_method else self._other
         if applicable is None:
             return None
+        memory = self._memory
+        rule = applicable.only_rule
+        if memory is not None and rule is not None:
+            # The common case, kept lean: one limit in the in-process store, admitted.
+            key = applicable.keys[0](ctx)
+            reset_us = memory.try_admit(rule, key)
+            if reset_us:
+                applicable.counters[0].admitted += 1
+                state = ctx.state
+                if state is None:
+                    state = ctx.state = {}
+                state["rate_limit"] = (applicable, _ADMITTED)
+                remaining = (rule.tolerance_us - reset_us) // rule.interval_us
+                ctx.response_headers_add = [
+                    (b"ratelimit-policy", applicable.policy),
+                    (b"ratelimit", applicable.items[0] + b"%d;t=%d" % (remaining, -(-reset_us // MICROS)))]
+                return None
         keys = [key(ctx) for key in applicable.keys]
+        if memory is None:
+            return self._decide_remotely(ctx, applicable, keys)
+        # The in-process store answers at once: no coroutine at all.
+        self._admit(ctx, applicable, keys, memory.decide_now(applicable.plan, keys))
+        return None
+
+    async def _decide_remotely(self, ctx: RequestContext, applicable: Applicable, keys: list[bytes]) -> None:
         try:
-            if self._memory is not None:  # no await, no coroutine: the in-process store answers at once
-                verdict = self._memory.decide_now(applicable.plan, keys)
-            else:
-                verdict = await self.store.decide(applicable.plan, keys)
+            verdict = await self.store.decide(applicable.plan, keys)
         except StoreUnavailable:
             for counters in applicable.counters:
                 counters.store_error += 1
             if applicable.closed:
                 raise LimitStoreUnavailable(headers=[(b"retry-after", b"1")]) from None
-            return None
+            return
+        self._admit(ctx, applicable, keys, verdict)
+
+    def _admit(self, ctx: RequestContext, applicable: Applicable, keys: list[bytes], verdict: Verdict) -> None:
+        """Apply the store's verdict: the RateLimit fields, the counters, and a 429 when a limit is spent."""
         state = ctx.state
         if state is None:
             state = ctx.state = {}
@@ -233,7 +264,7 @@ class RateLimitPlugin(Plugin):
                 counters.admitted += 1
             if verdict.token is not None:
                 state["rate_limit_slots"] = (applicable.plan, keys, verdict.token)
-            return None
+            return
         for index, counters in enumerate(applicable.counters):
             if verdict.denied >> index & 1:
                 counters.limited += 1

@@ -30,7 +30,7 @@ class RequestIdPlugin(Plugin):
         super().__init__(config, route, build)
         self._header = config.header.lower().encode("latin-1")
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> Reply | None:
         incoming = ctx.header(self._header)
         if incoming is not None and self.config.trust_incoming and _SAFE_ID.match(incoming):
             ctx.request_id = incoming.decode("ascii")

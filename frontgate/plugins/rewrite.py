@@ -33,7 +33,7 @@ class RewritePlugin(Plugin):
         prefixes = route.match.paths if route is not None else []
         self._prefixes = sorted((p.rstrip("/") for p in prefixes), key=len, reverse=True)
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> Reply | None:
         path = ctx.upstream_path
         if self.config.strip_prefix:
             for prefix in self._prefixes:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
-from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead, settled
 from frontgate.pipeline.eager import start_eagerly
 from frontgate.protocol.http1 import (
     CONTINUE_100,
@@ -143,12 +144,35 @@ class Exchange:
         route = self.route
         if route is None:
             self.fail(self.error or HttpError())
-        elif route.request_hooks or self.framing.expect_continue:
-            task = start_eagerly(self._run(route), self.conn.loop)
-            if task is not None:  # it waits for something (not just hooks that answered at once)
-                self._task = task
-        else:
-            self._dispatch(route)  # nothing to await before the upstream: no task at all
+            return
+        if route.request_hooks:
+            # Hooks that answer at once run here, in the caller's stack; the first that must wait carries the
+            # rest on in a coroutine (eagerly: it becomes a Task only if it really suspends).
+            ctx = self.ctx
+            index = 0
+            try:
+                for hook in route.request_hooks:
+                    index += 1
+                    result = hook(ctx)
+                    if result is None:
+                        continue
+                    if isinstance(result, Reply):
+                        self.send_reply(result)
+                    else:
+                        task = start_eagerly(self._run(route, index, result), self.conn.loop)
+                        if task is not None:
+                            self._task = task
+                    return
+            except HttpError as error:
+                self.fail(error)
+                return
+            except Exception:
+                log.exception("unexpected error in route %s", route.name)
+                self.fail(HttpError())
+                return
+        if self.framing.expect_continue and not self.body_complete:
+            self.conn.write(CONTINUE_100)
+        self._dispatch(route)  # nothing to await before the upstream: no task at all
 
     def abort(self) -> None:
         """The client went away or the connection is being torn down."""
@@ -160,15 +184,21 @@ class Exchange:
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
-    async def _run(self, route: CompiledRoute) -> None:
+    async def _run(self, route: CompiledRoute, index: int, pending: Awaitable[Reply | None]) -> None:
+        """Carry the request hooks on from the one at `index - 1`, which is waiting for `pending`."""
         try:
-            for hook in route.request_hooks:
-                reply = await hook(self.ctx)
+            reply = await pending
+            hooks = route.request_hooks
+            while True:
                 if self.finished:  # the client left or a timeout answered while the hook waited
                     return
                 if reply is not None:
                     self.send_reply(reply)
                     return
+                if index == len(hooks):
+                    break
+                reply = await settled(hooks[index](self.ctx))
+                index += 1
             if self.framing.expect_continue and not self.body_complete:
                 self.conn.write(CONTINUE_100)
             self._dispatch(route)
@@ -465,8 +495,9 @@ class Exchange:
         else:
             has_date = upstream.has_date
         added = self.ctx.response_headers_add
-        if added:
-            lines = lines + [name + b": " + value + b"\r\n" for name, value in added]
+        if added:  # `lines` is this response's own list (a fresh one per response upstream): extended in place
+            for name, value in added:
+                lines.append(name + b": " + value + b"\r\n")
         self._send_head(status, lines, None if chunked else content_length, has_date)
 
     def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:

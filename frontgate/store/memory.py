@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from frontgate.store.base import MICROS, DecisionPlan, Verdict
+from frontgate.store.base import MICROS, DecisionPlan, RateRule, Verdict
 
 SWEEP_EVERY_US = MICROS  # drop keys whose bucket is full again at most once a second
 
@@ -37,6 +37,23 @@ class MemoryStore:
 
     async def decide(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         return self.decide_now(plan, keys)
+
+    def try_admit(self, rule: RateRule, key: bytes) -> int:
+        """The common case (one rate limit, no slots) without building a Verdict: if `key` has room, consume
+        and return the time until its quota is whole again (microseconds, always > 0); else return 0 and
+        consume nothing (`decide_now` then tells why)."""
+        now = int(self._clock() * MICROS)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        tats = self._tat
+        tat = tats.get(key, now)
+        if tat < now:
+            tat = now
+        new_tat = tat + rule.interval_us
+        if new_tat - rule.tolerance_us > now:
+            return 0
+        tats[key] = new_tat
+        return new_tat - now
 
     def decide_now(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         now = int(self._clock() * MICROS)

@@ -14,7 +14,7 @@ from frontgate.auth.consumers import hash_key
 from frontgate.config.compile import Runtime, compile_runtime
 from frontgate.config.loader import load_config
 from frontgate.errors import ConfigError, HttpError
-from frontgate.pipeline.context import RequestContext
+from frontgate.pipeline.context import RequestContext, settled
 from frontgate.plugins import plugin_models
 from frontgate.upstream.cluster import UpstreamRegistry
 from tests.idp import Signer
@@ -56,7 +56,7 @@ def run(rt: Runtime, path: str, headers: dict[str, str]) -> tuple[int, RequestCo
 
     async def go() -> int:
         for hook in route.request_hooks:
-            if await hook(ctx) is not None:
+            if await settled(hook(ctx)) is not None:
                 return -1
         return 0
 
