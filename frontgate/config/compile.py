@@ -55,6 +55,9 @@ class CompiledRoute:
     websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
 
+ROUTE_CACHE_SIZE = 4096
+
+
 @dataclass(slots=True)
 class Runtime:
     generation: int
@@ -75,6 +78,10 @@ class Runtime:
     # Each TLS listener's certificates of this generation, by address: new handshakes pick from here, so a
     # reload serves re-read certificate files (frontgate/server/tls.py).
     listener_certificates: dict[str, CertificateSelector] = field(default_factory=dict)
+    # Recent (method, host, raw path) -> (normal path, route). Most traffic repeats a few request targets, and
+    # a hit skips normalising and matching. Per generation (a reload starts empty), bounded (see
+    # ROUTE_CACHE_SIZE), and unused when some route matches on headers.
+    route_cache: dict[tuple[str, str, bytes], tuple[str, CompiledRoute]] = field(default_factory=dict)
     is_trusted: Callable[[str], bool] = field(init=False)
 
     def __post_init__(self) -> None:

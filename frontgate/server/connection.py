@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from frontgate.config.compile import ROUTE_CACHE_SIZE
 from frontgate.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -43,6 +44,7 @@ from frontgate.server.websocket import WebSocketHandshake
 from frontgate.tls.client_cert import XFCC_HEADER
 
 if TYPE_CHECKING:
+    from frontgate.config.compile import CompiledRoute
     from frontgate.server.gateway import Gateway
 
 log = logging.getLogger("frontgate.connection")
@@ -56,6 +58,7 @@ _DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the g
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 _NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())
+_CACHED_PATH_BYTES = 256
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -283,7 +286,6 @@ class HttpConnection(asyncio.Protocol):
             framing = replace(framing, host=authority)  # a copy: the plain framing may be cached
         else:
             raise BadRequest("The request target must be an absolute path.")
-        path = normalize_path(raw_path)
         host_field = framing.host
         if host_field is None:
             host = ""
@@ -291,6 +293,13 @@ class HttpConnection(asyncio.Protocol):
             host = self._last_host
         else:
             host = host_without_port(host_field)
+        cache_key = (method, host, raw_path)
+        cached = runtime.route_cache.get(cache_key)
+        if cached is None:
+            path = normalize_path(raw_path)
+            route: CompiledRoute | None = None
+        else:
+            path, route = cached
 
         lines = self._lines
         websocket = False
@@ -311,10 +320,21 @@ class HttpConnection(asyncio.Protocol):
                 self._forwarding_for = host_field
             lines += self._forwarding_lines
 
-        try:
-            route = runtime.router.match(method, host, path, ctx.headers if runtime.routes_on_headers else ())
-        except (NotFound, MethodNotAllowed) as error:
-            return Exchange(self, runtime, ctx, framing, None, error)
+        if route is None:
+            if runtime.routes_on_headers:
+                try:
+                    route = runtime.router.match(method, host, path, ctx.headers)
+                except (NotFound, MethodNotAllowed) as error:
+                    return Exchange(self, runtime, ctx, framing, None, error)
+            else:
+                try:
+                    route = runtime.router.match(method, host, path, ())
+                except (NotFound, MethodNotAllowed) as error:
+                    return Exchange(self, runtime, ctx, framing, None, error)
+                if len(raw_path) <= _CACHED_PATH_BYTES:  # long, rare paths would only crowd the cache
+                    if len(runtime.route_cache) >= ROUTE_CACHE_SIZE:
+                        runtime.route_cache.clear()  # crude but bounded: a hot set refills it at once
+                    runtime.route_cache[cache_key] = (path, route)
         ctx.route = route
         if framing.content_length is not None and framing.content_length > route.max_body_bytes:
             raise PayloadTooLarge()  # before reading a byte of it
