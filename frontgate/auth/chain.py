@@ -183,5 +183,5 @@ def compose_request_hooks(
                 hooks.append(any_of(members))
                 placed = True
             continue
-        hooks.append(plugin.on_request)
+        hooks.append(plugin.request_hook())
     return tuple(hooks)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from frontgate.config.schema import GatewayConfig, Route
-from frontgate.pipeline.context import HookResult, RequestContext, RequestSummary, ResponseHead
+from frontgate.pipeline.context import HookResult, RequestContext, RequestHook, RequestSummary, ResponseHead
 
 
 class PluginConfig(BaseModel):
@@ -49,6 +49,11 @@ class Plugin:
         that must wait (I/O) is an `async def`, or returns an awaitable only when it has to wait: a plain
         return costs no coroutine (see frontgate/pipeline/context.py `HookResult`)."""
         return None
+
+    def request_hook(self) -> RequestHook:
+        """What the chain calls per request: `on_request`, unless the plugin compiles something leaner for its
+        config."""
+        return self.on_request
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
         """Change the response status line or headers before they are written."""

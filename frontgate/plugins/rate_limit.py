@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from frontgate.config.schema import Methods, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import HookResult, RequestContext, RequestSummary
+from frontgate.pipeline.context import HookResult, RequestContext, RequestHook, RequestSummary
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, key_function
 from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
@@ -211,32 +211,49 @@ class RateLimitPlugin(Plugin):
     async def shutdown(self) -> None:
         await self.store.close()
 
+    def request_hook(self) -> RequestHook:
+        applicable = self._other
+        if self._by_method or self._memory is None or applicable is None or applicable.only_rule is None:
+            return self.on_request
+        return self._in_memory_hook(applicable, applicable.only_rule, self._memory)
+
+    def _in_memory_hook(self, applicable: Applicable, rule: RateRule, memory: MemoryStore) -> RequestHook:
+        """The common case compiled lean: one limit for every method, in the in-process store. A request it
+        would refuse goes through `on_request` (nothing was consumed), which says why."""
+        key = applicable.keys[0]
+        counters = applicable.counters[0]
+        admit = memory.admitter(rule)
+        interval, tolerance = rule.interval_us, rule.tolerance_us
+        policy = (b"ratelimit-policy", applicable.policy)
+        item = applicable.items[0]
+        admitted = (applicable, _ADMITTED)
+        full_check = self.on_request
+
+        def rate_limit_in_memory(ctx: RequestContext) -> HookResult:
+            reset_us = admit(key(ctx))
+            if not reset_us:
+                return full_check(ctx)
+            counters.admitted += 1
+            state = ctx.state
+            if state is None:
+                state = ctx.state = {}
+            state["rate_limit"] = admitted
+            ctx.response_headers_add = [
+                policy, (b"ratelimit", item + b"%d;t=%d" % ((tolerance - reset_us) // interval, -(-reset_us // MICROS)))
+            ]
+            return None
+
+        return rate_limit_in_memory
+
     def on_request(self, ctx: RequestContext) -> HookResult:
         applicable = self._by_method.get(ctx.method, self._other) if self._by_method else self._other
         if applicable is None:
             return None
-        memory = self._memory
-        rule = applicable.only_rule
-        if memory is not None and rule is not None:
-            # The common case, kept lean: one limit in the in-process store, admitted.
-            key = applicable.keys[0](ctx)
-            reset_us = memory.try_admit(rule, key)
-            if reset_us:
-                applicable.counters[0].admitted += 1
-                state = ctx.state
-                if state is None:
-                    state = ctx.state = {}
-                state["rate_limit"] = (applicable, _ADMITTED)
-                remaining = (rule.tolerance_us - reset_us) // rule.interval_us
-                ctx.response_headers_add = [
-                    (b"ratelimit-policy", applicable.policy),
-                    (b"ratelimit", applicable.items[0] + b"%d;t=%d" % (remaining, -(-reset_us // MICROS)))]
-                return None
         keys = [key(ctx) for key in applicable.keys]
-        if memory is None:
+        if self._memory is None:
             return self._decide_remotely(ctx, applicable, keys)
         # The in-process store answers at once: no coroutine at all.
-        self._admit(ctx, applicable, keys, memory.decide_now(applicable.plan, keys))
+        self._admit(ctx, applicable, keys, self._memory.decide_now(applicable.plan, keys))
         return None
 
     async def _decide_remotely(self, ctx: RequestContext, applicable: Applicable, keys: list[bytes]) -> None:

@@ -38,22 +38,28 @@ class MemoryStore:
     async def decide(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         return self.decide_now(plan, keys)
 
-    def try_admit(self, rule: RateRule, key: bytes) -> int:
-        """The common case (one rate limit, no slots) without building a Verdict: if `key` has room, consume
-        and return the time until its quota is whole again (microseconds, always > 0); else return 0 and
-        consume nothing (`decide_now` then tells why)."""
-        now = int(self._clock() * MICROS)
-        if now >= self._next_sweep:
-            self._sweep(now)
+    def admitter(self, rule: RateRule) -> Callable[[bytes], int]:
+        """The common case (one rate limit, no slots) compiled for `rule`, without building a Verdict:
+        `admit(key)` consumes and returns the time until the key's quota is whole again (microseconds,
+        always > 0) if it has room; else it returns 0 and consumes nothing (`decide_now` then tells why)."""
+        interval, tolerance = rule.interval_us, rule.tolerance_us
         tats = self._tat
-        tat = tats.get(key, now)
-        if tat < now:
-            tat = now
-        new_tat = tat + rule.interval_us
-        if new_tat - rule.tolerance_us > now:
-            return 0
-        tats[key] = new_tat
-        return new_tat - now
+        clock = self._clock
+
+        def admit(key: bytes) -> int:
+            now = int(clock() * MICROS)
+            if now >= self._next_sweep:
+                self._sweep(now)
+            tat = tats.get(key, now)
+            if tat < now:
+                tat = now
+            new_tat = tat + interval
+            if new_tat - tolerance > now:
+                return 0
+            tats[key] = new_tat
+            return new_tat - now
+
+        return admit
 
     def decide_now(self, plan: DecisionPlan, keys: Sequence[bytes]) -> Verdict:
         now = int(self._clock() * MICROS)
