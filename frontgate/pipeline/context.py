@@ -65,9 +65,10 @@ class RequestContext:
     claims: dict[str, Any] | None = None
     # The verified client certificate of the connection (mTLS listeners only), parsed once per connection.
     client_cert: ClientCertificate | None = None
-    # Headers for whatever response this request gets, the upstream's or the gateway's own (a 429 too), set
-    # by a request hook: cheaper than an on_response hook for a plugin that only adds fields.
-    response_headers_add: list[tuple[bytes, bytes]] | None = None
+    # Header lines (`name: value\r\n`, lowercase names) for whatever response this request gets, the
+    # upstream's or the gateway's own (a 429 too), set by a request hook: cheaper than an on_response hook
+    # for a plugin that only adds fields, and written as they are.
+    response_lines_add: list[bytes] | None = None
     state: dict[str, Any] | None = None
     _request_id: str | None = None
     # Observability (frontgate/observability/): the trace context when tracing is on, and when metrics,

@@ -152,6 +152,7 @@ class Applicable:
     names: tuple[str, ...]
     closed: bool  # some limit fails closed
     policy: bytes  # the RateLimit-Policy value (empty without rate limits)
+    policy_line: bytes  # the same as a header line
     items: tuple[bytes, ...]  # per rate limit: b'"name";r='
     counters: tuple[LimitCounters, ...]
     only_rule: RateRule | None  # the one rate limit, when it is all there is (no concurrency slots)
@@ -192,14 +193,14 @@ class RateLimitPlugin(Plugin):
             return None
         items: list[_Item] = [*rates, *slots]
         names = tuple(item.name for item in items)
+        policy = b", ".join(_sf_string(r.name) + b";q=%d;w=%d" % (r.rule.capacity, r.rule.period) for r in rates)
         return Applicable(
             plan=DecisionPlan(tuple(r.rule for r in rates), tuple(s.max for s in slots)),
             keys=tuple(key_function(i.name, i.key, self._api_key_header) for i in items),
             names=names,
             closed=any((i.on_failure or self._default_failure) == "closed" for i in items),
-            policy=b", ".join(
-                _sf_string(r.name) + b";q=%d;w=%d" % (r.rule.capacity, r.rule.period) for r in rates
-            ),
+            policy=policy,
+            policy_line=b"ratelimit-policy: " + policy + b"\r\n",
             items=tuple(_sf_string(r.name) + b";r=" for r in rates),
             counters=tuple(counters_for(n) for n in names),
             only_rule=rates[0].rule if len(rates) == 1 and not slots else None,
@@ -224,8 +225,8 @@ class RateLimitPlugin(Plugin):
         counters = applicable.counters[0]
         admit = memory.admitter(rule)
         interval, tolerance = rule.interval_us, rule.tolerance_us
-        policy = (b"ratelimit-policy", applicable.policy)
-        item = applicable.items[0]
+        policy_line = applicable.policy_line
+        field = b"ratelimit: " + applicable.items[0] + b"%d;t=%d\r\n"
         admitted = (applicable, _ADMITTED)
         full_check = self.on_request
 
@@ -238,9 +239,7 @@ class RateLimitPlugin(Plugin):
             if state is None:
                 state = ctx.state = {}
             state["rate_limit"] = admitted
-            ctx.response_headers_add = [
-                policy, (b"ratelimit", item + b"%d;t=%d" % ((tolerance - reset_us) // interval, -(-reset_us // MICROS)))
-            ]
+            ctx.response_lines_add = [policy_line, field % ((tolerance - reset_us) // interval, -(-reset_us // MICROS))]
             return None
 
         return rate_limit_in_memory
@@ -274,8 +273,8 @@ class RateLimitPlugin(Plugin):
             state = ctx.state = {}
         state["rate_limit"] = (applicable, verdict)
         if applicable.policy:  # on every response to a limited request, 2xx and 429 alike
-            ctx.response_headers_add = [(b"ratelimit-policy", applicable.policy),
-                                        (b"ratelimit", ratelimit_value(applicable, verdict))]
+            ctx.response_lines_add = [applicable.policy_line,
+                                      b"ratelimit: " + ratelimit_value(applicable, verdict) + b"\r\n"]
         if verdict.allowed:
             for counters in applicable.counters:
                 counters.admitted += 1

@@ -26,6 +26,7 @@ from frontgate.protocol.http1 import (
     RequestFraming,
     chunk,
     forwarded_response_head,
+    split_lines,
 )
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamChannel, UpstreamReset
@@ -59,8 +60,8 @@ class Downstream(Protocol):
 def local_reply_head(exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     """The head of a reply the gateway makes itself, after the response hooks (request id echo, CORS...)
     and the headers request hooks asked for on every response."""
-    if exchange.ctx.response_headers_add:
-        headers = headers + exchange.ctx.response_headers_add
+    if exchange.ctx.response_lines_add:
+        headers = headers + split_lines(exchange.ctx.response_lines_add)
     head = ResponseHead(status, headers)
     route = exchange.route
     for hook in route.response_hooks if route is not None else exchange.runtime.unrouted_response_hooks:
@@ -494,10 +495,9 @@ class Exchange:
             has_date = head.has_date(upstream.has_date)
         else:
             has_date = upstream.has_date
-        added = self.ctx.response_headers_add
+        added = self.ctx.response_lines_add
         if added:  # `lines` is this response's own list (a fresh one per response upstream): extended in place
-            for name, value in added:
-                lines.append(name + b": " + value + b"\r\n")
+            lines += added
         self._send_head(status, lines, None if chunked else content_length, has_date)
 
     def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:

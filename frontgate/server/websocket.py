@@ -90,7 +90,7 @@ class WebSocketHandshake(Exchange):
             for hook in route.response_hooks:
                 hook(self.ctx, head)
             lines = head.lines()
-        added = self.ctx.response_headers_add
+        added = self.ctx.response_lines_add
         if added:
-            lines = lines + [name + b": " + value + b"\r\n" for name, value in added]
+            lines = lines + added
         return b"".join([_SWITCHING_PROTOCOLS, *lines, UPGRADE_FIELDS, b"\r\n"])
