@@ -23,7 +23,7 @@ from frontgate.auth.errors import AuthFailure, AuthUnavailable, Forbidden, Unaut
 from frontgate.auth.metrics import record_failure
 from frontgate.config.schema import GatewayConfig, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import Reply, RequestContext, RequestHook
+from frontgate.pipeline.context import HookResult, Reply, RequestContext, RequestHook
 
 if TYPE_CHECKING:  # frontgate.plugins imports this module through the auth plugins
     from frontgate.plugins.base import BuildContext, Plugin
@@ -62,6 +62,8 @@ class Authenticator(Protocol):
 
     name: ClassVar[str]
 
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None: ...
+
     async def authenticate(self, ctx: RequestContext) -> Identity: ...
 
     def credential_locations(self) -> tuple[Location, ...]: ...
@@ -92,29 +94,49 @@ def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthF
 
 
 def any_of(members: Sequence[Authenticator]) -> RequestHook:
-    """One hook trying `members` in order; the first that authenticates wins."""
+    """One hook trying `members` in order; the first that authenticates wins. Members that answer at once
+    (a cached token, an API key) are tried in the caller's stack; from the first that must wait on, the rest
+    are tried in a coroutine."""
     members = tuple(members)
 
-    async def authenticate_any(ctx: RequestContext) -> Reply | None:
+    def win(ctx: RequestContext, member: Authenticator, identity: Identity) -> None:
+        # The others' credentials are stripped as they are configured to be, unless the winner reads the
+        # same place (a bearer token tried by both jwt and introspection belongs to the winner).
+        kept = set(member.credential_locations())
+        for other in members:
+            if other is not member and other.strips_credential():
+                for location in other.credential_locations():
+                    if location not in kept:
+                        remove_location(ctx, location)
+        try:
+            member.apply(ctx, identity)
+        except AuthFailure as failure:
+            raise rejection(ctx, [(member, failure)]) from None
+
+    def authenticate_any(ctx: RequestContext) -> HookResult:
         failures: list[tuple[Authenticator, AuthFailure]] = []
-        for member in members:
+        for index, member in enumerate(members):
+            try:
+                identity = member.authenticate_now(ctx)
+            except AuthFailure as failure:
+                failures.append((member, failure))
+                continue
+            if identity is None:
+                return authenticate_rest(ctx, index, failures)
+            win(ctx, member, identity)
+            return None
+        raise rejection(ctx, failures)
+
+    async def authenticate_rest(
+        ctx: RequestContext, start: int, failures: list[tuple[Authenticator, AuthFailure]]
+    ) -> Reply | None:
+        for member in members[start:]:
             try:
                 identity = await member.authenticate(ctx)
             except AuthFailure as failure:
                 failures.append((member, failure))
                 continue
-            # The others' credentials are stripped as they are configured to be, unless the winner reads the
-            # same place (a bearer token tried by both jwt and introspection belongs to the winner).
-            kept = set(member.credential_locations())
-            for other in members:
-                if other is not member and other.strips_credential():
-                    for location in other.credential_locations():
-                        if location not in kept:
-                            remove_location(ctx, location)
-            try:
-                member.apply(ctx, identity)
-            except AuthFailure as failure:
-                raise rejection(ctx, [(member, failure)]) from None
+            win(ctx, member, identity)
             return None
         raise rejection(ctx, failures)
 

@@ -41,8 +41,9 @@ class VerifiedToken:
     claims: dict[str, Any]
     expires: float  # the token's exp
     issuer: int  # index of the IssuerPolicy that verified it
+    source: KeySource  # that policy's keys, whose `version` must still be `key_version` on a cache hit
     key_version: int
-    memo: dict[str, Any] = field(default_factory=dict)  # per-token results the plugin derives once
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-token results the plugins derive once
 
 
 def is_number(value: Any) -> bool:
@@ -83,10 +84,12 @@ class JwtVerifier:
         self.signature_checks = 0  # how often the asymmetric/HMAC math actually ran (tests assert on it)
 
     def cached(self, token: str) -> VerifiedToken | None:
+        """The token, if it was verified before, has not expired since (`exp`: the clock is read on every hit)
+        and its issuer's key set has not changed since."""
         entry = self._cache.get(token)
         if entry is None:
             return None
-        if self.clock() < entry.expires and self.issuers[entry.issuer].source.version == entry.key_version:
+        if self.clock() < entry.expires and entry.source.version == entry.key_version:
             self._cache.move_to_end(token)
             return entry
         del self._cache[token]
@@ -127,7 +130,7 @@ class JwtVerifier:
         version = policy.source.version
         await self._check_signature(policy, alg, kid, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
         expires = self._check_claims(policy, claims)
-        verified = VerifiedToken(claims, expires, index, version)
+        verified = VerifiedToken(claims, expires, index, policy.source, version)
         if version == policy.source.version:
             self._remember(token, verified)
         return verified

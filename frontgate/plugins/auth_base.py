@@ -3,6 +3,7 @@ how they combine on a route."""
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar
 
 from frontgate.auth.chain import CONSUMER_HEADER, Identity, rejection
@@ -10,7 +11,7 @@ from frontgate.auth.consumers import ConsumerTable, consumer_table
 from frontgate.auth.credentials import Location, claim, header_value, remove_location, rewrite_headers
 from frontgate.auth.errors import AuthFailure, invalid
 from frontgate.config.schema import Route
-from frontgate.pipeline.context import Reply, RequestContext
+from frontgate.pipeline.context import HookResult, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 
 
@@ -23,9 +24,18 @@ class AuthPlugin(Plugin):
         super().__init__(config, route, build)
         self.consumers: ConsumerTable = consumer_table(build.shared, build.gateway.consumers)
 
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None:
+        """The identity when it is known without waiting (a cached token, a key lookup), None when `authenticate`
+        must be awaited. Raises `AuthFailure` and must not change the request, like `authenticate`."""
+        return None
+
     async def authenticate(self, ctx: RequestContext) -> Identity:
-        """Find and check the credential; raise `AuthFailure`. Must not change the request."""
-        raise NotImplementedError
+        """Find and check the credential, waiting if need be; raise `AuthFailure`. Must not change the request.
+        By default the answer of `authenticate_now`, for authenticators that never wait."""
+        identity = self.authenticate_now(ctx)
+        if identity is None:
+            raise NotImplementedError(f"{type(self).__name__} must implement authenticate")
+        return identity
 
     def credential_locations(self) -> tuple[Location, ...]:
         return ()
@@ -45,13 +55,10 @@ class AuthPlugin(Plugin):
         consumer = identity.consumer
         if consumer is not None and ctx.consumer is not None and ctx.consumer != consumer:
             raise invalid("consumer_mismatch")  # two required credentials naming different callers
-        strip = self.strips_credential()
-        if strip:
-            for location in self.credential_locations():
-                if location[0] != "header":
-                    remove_location(ctx, location)
-        drop, outgoing = identity.header_changes(
-            self._credential_headers() if strip else frozenset(), CONSUMER_HEADER)
+        headers, elsewhere = self._stripped
+        for location in elsewhere:
+            remove_location(ctx, location)
+        drop, outgoing = identity.header_changes(headers, CONSUMER_HEADER)
         if drop:
             rewrite_headers(ctx, drop, outgoing)
         if consumer is not None:
@@ -59,19 +66,33 @@ class AuthPlugin(Plugin):
         if identity.claims is not None and ctx.claims is None:
             ctx.claims = identity.claims
 
-    def _credential_headers(self) -> frozenset[bytes]:
-        names = self.__dict__.get("_credential_header_names")
-        if names is None:
-            names = frozenset(n for kind, n in self.credential_locations() if kind == "header" and isinstance(n, bytes))
-            self.__dict__["_credential_header_names"] = names
-        return names
+    @cached_property
+    def _stripped(self) -> tuple[frozenset[bytes], tuple[Location, ...]]:
+        """What `apply` strips: (credential header names, the query/cookie locations); worked out on first use,
+        as subclasses set their locations up after this class's __init__."""
+        if not self.strips_credential():
+            return frozenset(), ()
+        locations = self.credential_locations()
+        headers = frozenset(n for kind, n in locations if kind == "header" and isinstance(n, bytes))
+        return headers, tuple(location for location in locations if location[0] != "header")
 
-    async def on_request(self, ctx: RequestContext) -> Reply | None:
+    def on_request(self, ctx: RequestContext) -> HookResult:
+        # Settled here in the caller's stack when the identity is known at once (a cached token): a coroutine
+        # is made only for a request that must wait (a signature to check, a JWKS fetch, introspection).
+        try:
+            identity = self.authenticate_now(ctx)
+            if identity is None:
+                return self._authenticate_and_apply(ctx)
+            self.apply(ctx, identity)
+        except AuthFailure as failure:
+            raise rejection(ctx, [(self, failure)]) from None
+        return None
+
+    async def _authenticate_and_apply(self, ctx: RequestContext) -> None:
         try:
             self.apply(ctx, await self.authenticate(ctx))
         except AuthFailure as failure:
             raise rejection(ctx, [(self, failure)]) from None
-        return None
 
 
 def identity_from_claims(

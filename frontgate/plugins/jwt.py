@@ -45,7 +45,7 @@ from frontgate.auth.jose import (
     usable_jwks,
 )
 from frontgate.auth.jwks import KeySource, StaticKeys, jwks_source
-from frontgate.auth.jwt_verify import IssuerPolicy, JwtVerifier
+from frontgate.auth.jwt_verify import IssuerPolicy, JwtVerifier, VerifiedToken
 from frontgate.config.schema import Duration, Route, Size
 from frontgate.pipeline.context import RequestContext
 from frontgate.plugins.auth_base import AuthPlugin, identity_from_claims
@@ -240,18 +240,27 @@ class JwtPlugin(AuthPlugin):
             found += cookie_values(ctx, self.config.cookie)
         return single_credential(found)
 
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None:
+        token = self.token(ctx)
+        if token is None:
+            raise missing()
+        verified = self.verifier.cached(token)
+        return None if verified is None else self._identity(verified)
+
     async def authenticate(self, ctx: RequestContext) -> Identity:
         token = self.token(ctx)
         if token is None:
             raise missing()
-        verified = await self.verifier.verify(token)
+        return self._identity(await self.verifier.verify(token))
+
+    def _identity(self, verified: VerifiedToken) -> Identity:
+        # Worked out once per verified token: a cached token's identity serves every request carrying it (the
+        # routes sharing this verifier share the jwt config, so the same consumer and forwarded claims).
         identity = verified.memo.get("identity")
         if not isinstance(identity, Identity):
-            identity = verified.memo["identity"] = self._identity(verified.claims)
+            identity = verified.memo["identity"] = identity_from_claims(
+                verified.claims, self.config.consumer_claim, self.consumers, self._forward)
         return identity
-
-    def _identity(self, claims: dict[str, Any]) -> Identity:
-        return identity_from_claims(claims, self.config.consumer_claim, self.consumers, self._forward)
 
     async def startup(self) -> None:
         for policy in self.verifier.issuers:
