@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from frontgate.auth.checks import AUTH_PLUGIN_NAMES
 from frontgate.auth.credentials import Location, remove_location
@@ -32,29 +32,38 @@ CONSUMER_HEADER = b"x-consumer"
 WWW_AUTHENTICATE = b"www-authenticate"
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderChanges:
+    """What a hook that also drops some headers of its own (its credential, the client's copies of gateway
+    headers) changes in the forwarded headers for one identity."""
+
+    drop: tuple[bytes, ...]  # `b"name: "` prefixes of the lines to drop: those headers and the ones set here
+    extra: tuple[bytes, ...]  # the ones set here only: what a pass that left out the others must still drop
+    add: tuple[bytes, ...]  # the lines to append
+
+
 @dataclass(slots=True)
 class Identity:
     consumer: str | None = None
     claims: dict[str, Any] | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # set upstream
-    _changes: tuple[frozenset[bytes], tuple[bytes, ...], list[bytes]] | None = None
+    _changes: dict[frozenset[bytes], HeaderChanges] = field(default_factory=dict)
 
-    def header_changes(
-        self, credential_headers: frozenset[bytes], consumer_header: bytes
-    ) -> tuple[tuple[bytes, ...], list[bytes]]:
-        """(`b"name: "` prefixes of the header lines to drop, header lines to append), worked out once per
-        identity: a cached JWT's identity serves every request carrying that token."""
-        cached = self._changes
-        if cached is not None and cached[0] is credential_headers:
-            return cached[1], cached[2]
-        outgoing = list(self.headers)
-        if self.consumer is not None:
-            outgoing.insert(0, (consumer_header, self.consumer.encode("utf-8")))
-        names = credential_headers | {name for name, _ in outgoing}
-        drop = tuple(name + b": " for name in sorted(names))
-        lines = [name + b": " + value + b"\r\n" for name, value in outgoing]
-        self._changes = (credential_headers, drop, lines)
-        return drop, lines
+    def header_changes(self, dropped: frozenset[bytes], consumer_header: bytes) -> HeaderChanges:
+        """The header changes for this identity on a hook that also drops the `dropped` headers, worked out
+        once per identity and `dropped`: a cached JWT's identity serves every request carrying that token."""
+        changes = self._changes.get(dropped)
+        if changes is None:
+            outgoing = list(self.headers)
+            if self.consumer is not None:
+                outgoing.insert(0, (consumer_header, self.consumer.encode("utf-8")))
+            names = {name for name, _ in outgoing}
+            changes = self._changes[dropped] = HeaderChanges(
+                tuple(name + b": " for name in sorted(dropped | names)),
+                tuple(name + b": " for name in sorted(names - dropped)),
+                tuple(name + b": " + value + b"\r\n" for name, value in outgoing),
+            )
+        return changes
 
 
 class Authenticator(Protocol):
@@ -73,6 +82,13 @@ class Authenticator(Protocol):
     def challenge(self, failure: AuthFailure) -> bytes: ...
 
     def apply(self, ctx: RequestContext, identity: Identity) -> None: ...
+
+
+@runtime_checkable
+class StripsGatewayHeaders(Protocol):
+    def take_gateway_headers(self, names: frozenset[bytes]) -> None:
+        """Called while the route is compiled when this plugin's hook is the route's first: the hook then
+        removes the client's copies of `names` itself, on every request, whatever its outcome."""
 
 
 def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthFailure]]) -> HttpError:
@@ -187,9 +203,7 @@ def compose_request_hooks(
 ) -> tuple[RequestHook, ...]:
     """The route's request hooks in priority order, with header stripping first and `auth_any` folded in."""
     hooks: list[RequestHook] = []
-    protected = gateway_set_headers(build.gateway, build.shared)
-    if protected and route is not None:
-        hooks.append(strip_hook(protected))
+    protected = gateway_set_headers(build.gateway, build.shared) if route is not None else frozenset()
     group_names = list(route.auth_any) if route is not None else []
     members: list[Authenticator] = [
         p for n in group_names for p in plugins if p.name == n and hasattr(p, "authenticate")  # type: ignore[misc]
@@ -205,5 +219,12 @@ def compose_request_hooks(
                 hooks.append(any_of(members))
                 placed = True
             continue
+        if protected and not hooks and isinstance(plugin, StripsGatewayHeaders):
+            # An authenticator comes first: it strips the client's copies itself, in the pass over the header
+            # lines where it drops its credential and adds its own headers (a pass less per request).
+            plugin.take_gateway_headers(protected)
+            protected = frozenset()
         hooks.append(plugin.on_request)
+    if protected:
+        hooks.insert(0, strip_hook(protected))
     return tuple(hooks)

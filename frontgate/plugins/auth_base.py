@@ -6,12 +6,12 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, ClassVar
 
-from frontgate.auth.chain import CONSUMER_HEADER, Identity, rejection
+from frontgate.auth.chain import CONSUMER_HEADER, Identity, rejection, strip_hook
 from frontgate.auth.consumers import ConsumerTable, consumer_table
 from frontgate.auth.credentials import Location, claim, header_value, remove_location, rewrite_headers
 from frontgate.auth.errors import AuthFailure, invalid
 from frontgate.config.schema import Route
-from frontgate.pipeline.context import HookResult, RequestContext
+from frontgate.pipeline.context import HookResult, RequestContext, RequestHook
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 
 
@@ -19,6 +19,9 @@ class AuthPlugin(Plugin):
     """Base of the authenticators (jwt, api_key, oauth2_introspection)."""
 
     scheme: ClassVar[bytes] = b"Bearer"
+    # Set by take_gateway_headers when this plugin's hook is its route's first.
+    gateway_headers: frozenset[bytes] = frozenset()
+    _strip_gateway_headers: RequestHook | None = None
 
     def __init__(self, config: PluginConfig, route: Route | None, build: BuildContext) -> None:
         super().__init__(config, route, build)
@@ -49,44 +52,61 @@ class AuthPlugin(Plugin):
             return self.scheme
         return self.scheme + b' error="invalid_token"'
 
-    def apply(self, ctx: RequestContext, identity: Identity) -> None:
+    def apply(self, ctx: RequestContext, identity: Identity, kept: list[bytes] | None = None) -> None:
         """Record who is calling and rewrite the forwarded headers in one pass: drop the credential (if so
-        configured) and any copy of the headers set here, then append the identity headers."""
+        configured), the client's copies of gateway headers (if this hook comes first) and any copy of the
+        headers set here, then append the identity headers. `kept`: the header lines with the `dropped` ones
+        already left out, from a caller that had to scan them anyway."""
         consumer = identity.consumer
         if consumer is not None and ctx.consumer is not None and ctx.consumer != consumer:
             raise invalid("consumer_mismatch")  # two required credentials naming different callers
-        headers, elsewhere = self._stripped
+        dropped, elsewhere = self._stripped
         for location in elsewhere:
             remove_location(ctx, location)
-        drop, outgoing = identity.header_changes(headers, CONSUMER_HEADER)
-        if drop:
-            rewrite_headers(ctx, drop, outgoing)
+        changes = identity.header_changes(dropped, CONSUMER_HEADER)
+        if kept is not None:
+            if changes.extra:
+                kept = [line for line in kept if not line.startswith(changes.extra)]
+            kept += changes.add
+            ctx.set_header_lines(kept)
+        elif changes.drop:
+            rewrite_headers(ctx, changes.drop, changes.add)
         if consumer is not None:
             ctx.consumer = consumer
         if identity.claims is not None and ctx.claims is None:
             ctx.claims = identity.claims
 
+    def take_gateway_headers(self, names: frozenset[bytes]) -> None:
+        """This plugin's hook comes first on its route: see chain.StripsGatewayHeaders. Called while the route is
+        compiled, before `dropped` is worked out."""
+        self.gateway_headers = names
+        self._strip_gateway_headers = strip_hook(names)
+
     @cached_property
     def _stripped(self) -> tuple[frozenset[bytes], tuple[Location, ...]]:
-        """What `apply` strips: (credential header names, the query/cookie locations); worked out on first use,
-        as subclasses set their locations up after this class's __init__."""
+        """What `apply` strips: (header names, query/cookie locations). Worked out on first use: subclasses set
+        their locations up after this class's __init__."""
         if not self.strips_credential():
-            return frozenset(), ()
+            return self.gateway_headers, ()
         locations = self.credential_locations()
         headers = frozenset(n for kind, n in locations if kind == "header" and isinstance(n, bytes))
-        return headers, tuple(location for location in locations if location[0] != "header")
+        return headers | self.gateway_headers, tuple(location for location in locations if location[0] != "header")
 
     def on_request(self, ctx: RequestContext) -> HookResult:
         # Settled here in the caller's stack when the identity is known at once (a cached token): a coroutine
         # is made only for a request that must wait (a signature to check, a JWKS fetch, introspection).
         try:
             identity = self.authenticate_now(ctx)
-            if identity is None:
-                return self._authenticate_and_apply(ctx)
-            self.apply(ctx, identity)
+            if identity is not None:
+                self.apply(ctx, identity)
+                return None
         except AuthFailure as failure:
+            if self._strip_gateway_headers is not None:
+                self._strip_gateway_headers(ctx)  # whatever the outcome: later hooks never see the client's copies
             raise rejection(ctx, [(self, failure)]) from None
-        return None
+        if self._strip_gateway_headers is not None:
+            self._strip_gateway_headers(ctx)
+        return self._authenticate_and_apply(ctx)
 
     async def _authenticate_and_apply(self, ctx: RequestContext) -> None:
         try:
