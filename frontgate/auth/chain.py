@@ -8,7 +8,8 @@
   given; the first that succeeds wins, and the request is refused only when all fail.
 - Headers the gateway sets after auth (`X-Consumer` and every `forward_claims` header of any route) are
   removed from the client's request by the very first hook of every route, whether or not that route
-  authenticates, so no upstream ever sees a client-made `X-User-Id`.
+  authenticates, so no upstream ever sees a client-made `X-User-Id`: a hook of their own, or the route's
+  authenticator when it comes first (then in the same pass as its own header changes).
 """
 
 from __future__ import annotations
@@ -86,9 +87,9 @@ class Authenticator(Protocol):
 
 @runtime_checkable
 class StripsGatewayHeaders(Protocol):
-    def take_gateway_headers(self, names: frozenset[bytes]) -> None:
-        """Called while the route is compiled when this plugin's hook is the route's first: the hook then
-        removes the client's copies of `names` itself, on every request, whatever its outcome."""
+    def take_gateway_headers(self, names: frozenset[bytes]) -> bool:
+        """Called while the route is compiled when this plugin's hook is the route's first: True when the hook
+        will then remove the client's copies of `names` itself, on every request, whatever its outcome."""
 
 
 def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthFailure]]) -> HttpError:
@@ -219,10 +220,10 @@ def compose_request_hooks(
                 hooks.append(any_of(members))
                 placed = True
             continue
-        if protected and not hooks and isinstance(plugin, StripsGatewayHeaders):
-            # An authenticator comes first: it strips the client's copies itself, in the pass over the header
-            # lines where it drops its credential and adds its own headers (a pass less per request).
-            plugin.take_gateway_headers(protected)
+        # An authenticator first on the route may strip the client's copies itself, in the pass over the
+        # header lines where it drops its credential and adds its own headers (a pass less per request).
+        if (protected and not hooks and isinstance(plugin, StripsGatewayHeaders)
+                and plugin.take_gateway_headers(protected)):
             protected = frozenset()
         hooks.append(plugin.on_request)
     if protected:

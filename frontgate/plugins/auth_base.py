@@ -19,7 +19,7 @@ class AuthPlugin(Plugin):
     """Base of the authenticators (jwt, api_key, oauth2_introspection)."""
 
     scheme: ClassVar[bytes] = b"Bearer"
-    # Set by take_gateway_headers when this plugin's hook is its route's first.
+    # Set by take_gateway_headers when this plugin's hook, first on its route, strips gateway headers too.
     gateway_headers: frozenset[bytes] = frozenset()
     _strip_gateway_headers: RequestHook | None = None
 
@@ -52,11 +52,10 @@ class AuthPlugin(Plugin):
             return self.scheme
         return self.scheme + b' error="invalid_token"'
 
-    def apply(self, ctx: RequestContext, identity: Identity, kept: list[bytes] | None = None) -> None:
+    def apply(self, ctx: RequestContext, identity: Identity) -> None:
         """Record who is calling and rewrite the forwarded headers in one pass: drop the credential (if so
         configured), the client's copies of gateway headers (if this hook comes first) and any copy of the
-        headers set here, then append the identity headers. `kept`: the header lines with the `dropped` ones
-        already left out, from a caller that had to scan them anyway."""
+        headers set here, then append the identity headers."""
         consumer = identity.consumer
         if consumer is not None and ctx.consumer is not None and ctx.consumer != consumer:
             raise invalid("consumer_mismatch")  # two required credentials naming different callers
@@ -64,23 +63,23 @@ class AuthPlugin(Plugin):
         for location in elsewhere:
             remove_location(ctx, location)
         changes = identity.header_changes(dropped, CONSUMER_HEADER)
-        if kept is not None:
-            if changes.extra:
-                kept = [line for line in kept if not line.startswith(changes.extra)]
-            kept += changes.add
-            ctx.set_header_lines(kept)
-        elif changes.drop:
+        if changes.drop:
             rewrite_headers(ctx, changes.drop, changes.add)
         if consumer is not None:
             ctx.consumer = consumer
         if identity.claims is not None and ctx.claims is None:
             ctx.claims = identity.claims
 
-    def take_gateway_headers(self, names: frozenset[bytes]) -> None:
-        """This plugin's hook comes first on its route: see chain.StripsGatewayHeaders. Called while the route is
-        compiled, before `dropped` is worked out."""
+    def take_gateway_headers(self, names: frozenset[bytes]) -> bool:
+        """See chain.StripsGatewayHeaders. Called while the route is compiled, before `_stripped` is worked out."""
+        read = {name for kind, name in self.credential_locations() if kind == "header"}
+        if any(kind == "cookie" for kind, _ in self.credential_locations()):
+            read.add(b"cookie")
+        if not read.isdisjoint(names):
+            return False  # it reads one of them, which must be gone before it does
         self.gateway_headers = names
         self._strip_gateway_headers = strip_hook(names)
+        return True
 
     @cached_property
     def _stripped(self) -> tuple[frozenset[bytes], tuple[Location, ...]]:

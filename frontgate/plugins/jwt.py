@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from frontgate.auth.chain import Identity
+from frontgate.auth.chain import CONSUMER_HEADER, HeaderChanges, Identity
 from frontgate.auth.credentials import (
     HeaderName,
     Location,
@@ -234,24 +234,24 @@ class JwtPlugin(AuthPlugin):
         return not self.config.forward_token
 
     @cached_property
-    def _scan(self) -> tuple[tuple[bytes, ...], bytes, int, bool] | None:
-        """For `on_request`'s one pass over the header lines, when a token can only come in the header (no query
-        or cookie): (the prefixes of the lines it sets aside, the token header's, where a `Bearer ` token
-        starts in its line, whether the token is forwarded)."""
+    def _scan(self) -> tuple[tuple[bytes, ...], bytes, bool, frozenset[bytes]] | None:
+        """For `on_request`'s pass over the header lines, when a token can only come in a header (no query or
+        cookie): (the prefixes of the lines it sets aside, the token header's, whether the token is forwarded,
+        the headers `apply` drops besides those it sets)."""
         if self.config.query_param or self.config.cookie:
             return None
         prefix = self._header + b": "
         dropped, _ = self._stripped
-        return (tuple({prefix, *(name + b": " for name in dropped)}), prefix, len(prefix) + 7,
-                not self.strips_credential())
+        return tuple({prefix, *(name + b": " for name in dropped)}), prefix, not self.strips_credential(), dropped
 
     def on_request(self, ctx: RequestContext) -> HookResult:
-        # The usual request: one bearer token in the header, verified before. One pass over the header lines
-        # finds it and leaves out what `apply` drops (the token unless forwarded, the client's copies of the
-        # gateway's headers when this hook comes first); anything else takes the general path.
+        # The usual request: one token header, whose token was verified before. One pass over the header lines
+        # finds that line and leaves out what `apply` would drop (the token unless forwarded, the client's
+        # copies of gateway headers when this hook comes first); the line itself is the cache key, and what
+        # the token means for this hook was worked out with it. Anything else takes the general path.
         scan = self._scan
-        if scan is not None:
-            prefixes, prefix, start, forward = scan
+        if scan is not None and ctx.consumer is None:
+            prefixes, prefix, forward, dropped = scan
             kept: list[bytes] = []
             found = None
             more = False
@@ -263,17 +263,31 @@ class JwtPlugin(AuthPlugin):
                     found = line
                     if forward:
                         kept.append(line)
-            # `Bearer <token>` exactly: a token read otherwise (`bearer`, more spaces) is not wrong, just slower.
-            # No cached token has spaces around it (strict base64url), so none is found with them here.
-            if found is not None and not more and found.startswith(b"Bearer ", start - 7):
-                verified = self.verifier.cached(found[start:-2].decode("latin-1"))
+            if found is not None and not more:
+                verified = self.verifier.cached(found)
                 if verified is not None:
-                    try:
-                        self.apply(ctx, self._identity(verified), kept)
+                    outcome = verified.memo.get(dropped) or self._outcome(verified, dropped)
+                    if outcome is not None:  # as `apply` does, with nothing to check or strip elsewhere
+                        identity, changes = outcome
+                        if changes.extra:
+                            kept = [line for line in kept if not line.startswith(changes.extra)]
+                        kept += changes.add
+                        ctx.set_header_lines(kept)
+                        ctx.consumer = identity.consumer
+                        if ctx.claims is None:
+                            ctx.claims = identity.claims
                         return None
-                    except AuthFailure:
-                        pass  # refused below, the general way
         return super().on_request(ctx)
+
+    def _outcome(self, verified: VerifiedToken, dropped: frozenset[bytes]) -> tuple[Identity, HeaderChanges] | None:
+        """The identity and header changes of a verified token for `on_request`, kept with the token; None when its
+        claims make no identity (the general path refuses it)."""
+        try:
+            identity = self._identity(verified)
+        except AuthFailure:
+            return None
+        outcome = verified.memo[dropped] = identity, identity.header_changes(dropped, CONSUMER_HEADER)
+        return outcome
 
     def token(self, ctx: RequestContext) -> str | None:
         found = bearer_values(ctx, self._header)
@@ -286,18 +300,26 @@ class JwtPlugin(AuthPlugin):
             return found[0]  # the usual case, settled without a call
         return single_credential(found)
 
-    def authenticate_now(self, ctx: RequestContext) -> Identity | None:
+    def credential(self, ctx: RequestContext) -> tuple[str, str | bytes]:
+        """The request's token (`AuthFailure` when there is none or several) and the key its verification is
+        cached under: the header line it came in when that line alone may carry a token (what `on_request`
+        looks up), else the token itself."""
         token = self.token(ctx)
         if token is None:
             raise missing()
-        verified = self.verifier.cached(token)
+        if self._scan is not None:
+            prefix = self._scan[1]
+            lines = [line for line in ctx.header_lines() if line.startswith(prefix)]
+            if len(lines) == 1:
+                return token, lines[0]
+        return token, token
+
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None:
+        verified = self.verifier.cached(self.credential(ctx)[1])
         return None if verified is None else self._identity(verified)
 
     async def authenticate(self, ctx: RequestContext) -> Identity:
-        token = self.token(ctx)
-        if token is None:
-            raise missing()
-        return self._identity(await self.verifier.verify(token))
+        return self._identity(await self.verifier.verify(*self.credential(ctx)))
 
     def _identity(self, verified: VerifiedToken) -> Identity:
         # Worked out once per verified token: a cached token's identity serves every request carrying it (the
