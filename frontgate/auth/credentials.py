@@ -106,14 +106,11 @@ def remove_location(ctx: RequestContext, location: Location) -> None:
 
 def bearer_values(ctx: RequestContext, header: bytes) -> list[str]:
     """Tokens sent as `<header>: Bearer <token>`; other schemes (Basic, ...) are not ours to judge."""
-    prefix = header + b": "
-    size = len(prefix)
     out = []
-    for line in ctx.header_lines():
-        if line.startswith(prefix):
-            scheme, _, rest = line[size:-2].strip().partition(b" ")
-            if scheme.lower() == b"bearer":
-                out.append(rest.strip().decode("latin-1"))
+    for value in header_values(ctx, header):
+        scheme, _, rest = value.strip().partition(b" ")
+        if scheme.lower() == b"bearer":
+            out.append(rest.strip().decode("latin-1"))
     return out
 
 

@@ -291,13 +291,10 @@ class JwtPlugin(AuthPlugin):
 
     def token(self, ctx: RequestContext) -> str | None:
         found = bearer_values(ctx, self._header)
-        config = self.config
-        if config.query_param and ctx.query:
-            found += query_values(ctx.query, config.query_param)
-        if config.cookie:
-            found += cookie_values(ctx, config.cookie)
-        if len(found) == 1 and found[0]:
-            return found[0]  # the usual case, settled without a call
+        if self.config.query_param and ctx.query:
+            found += query_values(ctx.query, self.config.query_param)
+        if self.config.cookie:
+            found += cookie_values(ctx, self.config.cookie)
         return single_credential(found)
 
     def credential(self, ctx: RequestContext) -> tuple[str, str | bytes]:
