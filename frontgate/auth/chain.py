@@ -8,14 +8,15 @@
   given; the first that succeeds wins, and the request is refused only when all fail.
 - Headers the gateway sets after auth (`X-Consumer` and every `forward_claims` header of any route) are
   removed from the client's request by the very first hook of every route, whether or not that route
-  authenticates, so no upstream ever sees a client-made `X-User-Id`.
+  authenticates, so no upstream ever sees a client-made `X-User-Id`: a hook of their own, or the route's
+  authenticator when it comes first (then in the same pass as its own header changes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from frontgate.auth.checks import AUTH_PLUGIN_NAMES
 from frontgate.auth.credentials import Location, remove_location
@@ -23,7 +24,7 @@ from frontgate.auth.errors import AuthFailure, AuthUnavailable, Forbidden, Unaut
 from frontgate.auth.metrics import record_failure
 from frontgate.config.schema import GatewayConfig, Route
 from frontgate.errors import HttpError
-from frontgate.pipeline.context import Reply, RequestContext, RequestHook
+from frontgate.pipeline.context import HookResult, Reply, RequestContext, RequestHook
 
 if TYPE_CHECKING:  # frontgate.plugins imports this module through the auth plugins
     from frontgate.plugins.base import BuildContext, Plugin
@@ -32,35 +33,46 @@ CONSUMER_HEADER = b"x-consumer"
 WWW_AUTHENTICATE = b"www-authenticate"
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderChanges:
+    """What a hook that also drops some headers of its own (its credential, the client's copies of gateway
+    headers) changes in the forwarded headers for one identity."""
+
+    drop: tuple[bytes, ...]  # `b"name: "` prefixes of the lines to drop: those headers and the ones set here
+    extra: tuple[bytes, ...]  # the ones set here only: what a pass that left out the others must still drop
+    add: tuple[bytes, ...]  # the lines to append
+
+
 @dataclass(slots=True)
 class Identity:
     consumer: str | None = None
     claims: dict[str, Any] | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # set upstream
-    _changes: tuple[frozenset[bytes], tuple[bytes, ...], list[bytes]] | None = None
+    _changes: dict[frozenset[bytes], HeaderChanges] = field(default_factory=dict)
 
-    def header_changes(
-        self, credential_headers: frozenset[bytes], consumer_header: bytes
-    ) -> tuple[tuple[bytes, ...], list[bytes]]:
-        """(`b"name: "` prefixes of the header lines to drop, header lines to append), worked out once per
-        identity: a cached JWT's identity serves every request carrying that token."""
-        cached = self._changes
-        if cached is not None and cached[0] is credential_headers:
-            return cached[1], cached[2]
-        outgoing = list(self.headers)
-        if self.consumer is not None:
-            outgoing.insert(0, (consumer_header, self.consumer.encode("utf-8")))
-        names = credential_headers | {name for name, _ in outgoing}
-        drop = tuple(name + b": " for name in sorted(names))
-        lines = [name + b": " + value + b"\r\n" for name, value in outgoing]
-        self._changes = (credential_headers, drop, lines)
-        return drop, lines
+    def header_changes(self, dropped: frozenset[bytes], consumer_header: bytes) -> HeaderChanges:
+        """The header changes for this identity on a hook that also drops the `dropped` headers, worked out
+        once per identity and `dropped`: a cached JWT's identity serves every request carrying that token."""
+        changes = self._changes.get(dropped)
+        if changes is None:
+            outgoing = list(self.headers)
+            if self.consumer is not None:
+                outgoing.insert(0, (consumer_header, self.consumer.encode("utf-8")))
+            names = {name for name, _ in outgoing}
+            changes = self._changes[dropped] = HeaderChanges(
+                tuple(name + b": " for name in sorted(dropped | names)),
+                tuple(name + b": " for name in sorted(names - dropped)),
+                tuple(name + b": " + value + b"\r\n" for name, value in outgoing),
+            )
+        return changes
 
 
 class Authenticator(Protocol):
     """What `frontgate.plugins.auth_base.AuthPlugin` offers the combinators here."""
 
     name: ClassVar[str]
+
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None: ...
 
     async def authenticate(self, ctx: RequestContext) -> Identity: ...
 
@@ -71,6 +83,13 @@ class Authenticator(Protocol):
     def challenge(self, failure: AuthFailure) -> bytes: ...
 
     def apply(self, ctx: RequestContext, identity: Identity) -> None: ...
+
+
+@runtime_checkable
+class StripsGatewayHeaders(Protocol):
+    def take_gateway_headers(self, names: frozenset[bytes]) -> bool:
+        """Called while the route is compiled when this plugin's hook is the route's first: True when the hook
+        will then remove the client's copies of `names` itself, on every request, whatever its outcome."""
 
 
 def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthFailure]]) -> HttpError:
@@ -92,29 +111,49 @@ def rejection(ctx: RequestContext, failures: Sequence[tuple[Authenticator, AuthF
 
 
 def any_of(members: Sequence[Authenticator]) -> RequestHook:
-    """One hook trying `members` in order; the first that authenticates wins."""
+    """One hook trying `members` in order; the first that authenticates wins. Members that answer at once
+    (a cached token, an API key) are tried in the caller's stack; from the first that must wait on, the rest
+    are tried in a coroutine."""
     members = tuple(members)
 
-    async def authenticate_any(ctx: RequestContext) -> Reply | None:
+    def win(ctx: RequestContext, member: Authenticator, identity: Identity) -> None:
+        # The others' credentials are stripped as they are configured to be, unless the winner reads the
+        # same place (a bearer token tried by both jwt and introspection belongs to the winner).
+        kept = set(member.credential_locations())
+        for other in members:
+            if other is not member and other.strips_credential():
+                for location in other.credential_locations():
+                    if location not in kept:
+                        remove_location(ctx, location)
+        try:
+            member.apply(ctx, identity)
+        except AuthFailure as failure:
+            raise rejection(ctx, [(member, failure)]) from None
+
+    def authenticate_any(ctx: RequestContext) -> HookResult:
         failures: list[tuple[Authenticator, AuthFailure]] = []
-        for member in members:
+        for index, member in enumerate(members):
+            try:
+                identity = member.authenticate_now(ctx)
+            except AuthFailure as failure:
+                failures.append((member, failure))
+                continue
+            if identity is None:
+                return authenticate_rest(ctx, index, failures)
+            win(ctx, member, identity)
+            return None
+        raise rejection(ctx, failures)
+
+    async def authenticate_rest(
+        ctx: RequestContext, start: int, failures: list[tuple[Authenticator, AuthFailure]]
+    ) -> Reply | None:
+        for member in members[start:]:
             try:
                 identity = await member.authenticate(ctx)
             except AuthFailure as failure:
                 failures.append((member, failure))
                 continue
-            # The others' credentials are stripped as they are configured to be, unless the winner reads the
-            # same place (a bearer token tried by both jwt and introspection belongs to the winner).
-            kept = set(member.credential_locations())
-            for other in members:
-                if other is not member and other.strips_credential():
-                    for location in other.credential_locations():
-                        if location not in kept:
-                            remove_location(ctx, location)
-            try:
-                member.apply(ctx, identity)
-            except AuthFailure as failure:
-                raise rejection(ctx, [(member, failure)]) from None
+            win(ctx, member, identity)
             return None
         raise rejection(ctx, failures)
 
@@ -165,9 +204,7 @@ def compose_request_hooks(
 ) -> tuple[RequestHook, ...]:
     """The route's request hooks in priority order, with header stripping first and `auth_any` folded in."""
     hooks: list[RequestHook] = []
-    protected = gateway_set_headers(build.gateway, build.shared)
-    if protected and route is not None:
-        hooks.append(strip_hook(protected))
+    protected = gateway_set_headers(build.gateway, build.shared) if route is not None else frozenset()
     group_names = list(route.auth_any) if route is not None else []
     members: list[Authenticator] = [
         p for n in group_names for p in plugins if p.name == n and hasattr(p, "authenticate")  # type: ignore[misc]
@@ -183,5 +220,12 @@ def compose_request_hooks(
                 hooks.append(any_of(members))
                 placed = True
             continue
+        # An authenticator first on the route may strip the client's copies itself, in the pass over the
+        # header lines where it drops its credential and adds its own headers (a pass less per request).
+        if (protected and not hooks and isinstance(plugin, StripsGatewayHeaders)
+                and plugin.take_gateway_headers(protected)):
+            protected = frozenset()
         hooks.append(plugin.request_hook())
+    if protected:
+        hooks.insert(0, strip_hook(protected))
     return tuple(hooks)

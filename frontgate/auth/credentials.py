@@ -7,6 +7,7 @@ A location is `("header", b"authorization")`, `("query", "api_key")` or `("cooki
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote_plus
 
@@ -39,7 +40,7 @@ def header_values(ctx: RequestContext, name: bytes) -> list[bytes]:
     return [line[size:-2] for line in ctx.header_lines() if line.startswith(prefix)]
 
 
-def rewrite_headers(ctx: RequestContext, drop: tuple[bytes, ...], add: list[bytes]) -> None:
+def rewrite_headers(ctx: RequestContext, drop: tuple[bytes, ...], add: Sequence[bytes]) -> None:
     """Drop the header lines starting with any of `drop` (`b"name: "` prefixes) and append `add` lines."""
     lines = [line for line in ctx.header_lines() if not line.startswith(drop)] if drop else list(ctx.header_lines())
     lines += add

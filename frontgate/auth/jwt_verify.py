@@ -7,9 +7,9 @@ then the key: chosen only among the configured keys by `alg` family and `kid`, t
 the claims (`exp` required, `nbf`, `iat`, `iss` exact, `aud` one-of, `max_lifetime`), all numeric dates
 checked as numbers with the configured skew.
 
-A verified token is cached (bounded LRU keyed by the raw token) until its `exp`, so the same token never
-redoes the RSA math; an entry is dropped when its issuer's key set changes (a key removed from a JWKS is
-revoked for cached tokens too).
+A verified token is cached (bounded LRU keyed by the raw token, or by the raw header line it came in when the
+caller says so) until its `exp`, so the same token never redoes the RSA math; an entry is dropped when its
+issuer's key set changes (a key removed from a JWKS is revoked for cached tokens too).
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class VerifiedToken:
     claims: dict[str, Any]
     expires: float  # the token's exp
     issuer: int  # index of the IssuerPolicy that verified it
+    source: KeySource  # that policy's keys, whose `version` must still be `key_version` on a cache hit
     key_version: int
-    memo: dict[str, Any] = field(default_factory=dict)  # per-token results the plugin derives once
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-token results the plugins derive once
 
 
 def is_number(value: Any) -> bool:
@@ -78,23 +79,29 @@ class JwtVerifier:
         self.max_token_bytes = max_token_bytes
         self.cache_size = cache_size
         self.clock = clock
-        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, VerifiedToken] = OrderedDict()
         self._by_issuer = {p.issuer: i for i, p in enumerate(self.issuers) if p.issuer is not None}
         self.signature_checks = 0  # how often the asymmetric/HMAC math actually ran (tests assert on it)
 
-    def cached(self, token: str) -> VerifiedToken | None:
-        entry = self._cache.get(token)
+    def cached(self, key: str | bytes) -> VerifiedToken | None:
+        """The token cached under `key` (see `verify`), if it has not expired since (`exp`: the clock is read on
+        every hit) and its issuer's key set has not changed since."""
+        entry = self._cache.get(key)
         if entry is None:
             return None
-        if self.clock() < entry.expires and self.issuers[entry.issuer].source.version == entry.key_version:
-            self._cache.move_to_end(token)
+        if self.clock() < entry.expires and entry.source.version == entry.key_version:
+            self._cache.move_to_end(key)
             return entry
-        del self._cache[token]
+        del self._cache[key]
         return None
 
-    async def verify(self, token: str) -> VerifiedToken:
-        """The verified token, or `AuthFailure` with a short reason."""
-        hit = self.cached(token)
+    async def verify(self, token: str, key: str | bytes | None = None) -> VerifiedToken:
+        """The verified token, or `AuthFailure` with a short reason. It is cached under `key`, by default the
+        token itself: a caller may use the header line the token came in (all of it, so it stands for that
+        token alone), to find it again without taking that line apart."""
+        if key is None:
+            key = token
+        hit = self.cached(key)
         if hit is not None:
             return hit
         if len(token) > self.max_token_bytes:
@@ -127,9 +134,9 @@ class JwtVerifier:
         version = policy.source.version
         await self._check_signature(policy, alg, kid, f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
         expires = self._check_claims(policy, claims)
-        verified = VerifiedToken(claims, expires, index, version)
+        verified = VerifiedToken(claims, expires, index, policy.source, version)
         if version == policy.source.version:
-            self._remember(token, verified)
+            self._remember(key, verified)
         return verified
 
     def _issuer_index(self, claims: dict[str, Any]) -> int:
@@ -198,10 +205,10 @@ class JwtVerifier:
                 raise invalid("wrong_audience")
         return float(exp)
 
-    def _remember(self, token: str, verified: VerifiedToken) -> None:
+    def _remember(self, key: str | bytes, verified: VerifiedToken) -> None:
         if self.cache_size <= 0 or verified.expires <= self.clock():
             return
-        self._cache[token] = verified
+        self._cache[key] = verified
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 

@@ -75,7 +75,7 @@ class ApiKeyPlugin(AuthPlugin):
             return self._challenge
         return self._challenge + b', error="invalid_key"'
 
-    async def authenticate(self, ctx: RequestContext) -> Identity:
+    def authenticate_now(self, ctx: RequestContext) -> Identity:
         found = []
         if self._header is not None:
             found += [v.decode("utf-8", "replace") for v in header_values(ctx, self._header)]

@@ -17,13 +17,14 @@ More issuers on one route: `issuers: [{issuer: ..., jwks_url: ...}, ...]` (each 
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from frontgate.auth.chain import Identity
+from frontgate.auth.chain import CONSUMER_HEADER, HeaderChanges, Identity
 from frontgate.auth.credentials import (
     HeaderName,
     Location,
@@ -32,7 +33,7 @@ from frontgate.auth.credentials import (
     query_values,
     single_credential,
 )
-from frontgate.auth.errors import missing
+from frontgate.auth.errors import AuthFailure, missing
 from frontgate.auth.jose import (
     ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -45,9 +46,9 @@ from frontgate.auth.jose import (
     usable_jwks,
 )
 from frontgate.auth.jwks import KeySource, StaticKeys, jwks_source
-from frontgate.auth.jwt_verify import IssuerPolicy, JwtVerifier
+from frontgate.auth.jwt_verify import IssuerPolicy, JwtVerifier, VerifiedToken
 from frontgate.config.schema import Duration, Route, Size
-from frontgate.pipeline.context import RequestContext
+from frontgate.pipeline.context import HookResult, RequestContext
 from frontgate.plugins.auth_base import AuthPlugin, identity_from_claims
 from frontgate.plugins.base import BuildContext, PluginConfig
 
@@ -232,6 +233,62 @@ class JwtPlugin(AuthPlugin):
     def strips_credential(self) -> bool:
         return not self.config.forward_token
 
+    @cached_property
+    def _scan(self) -> tuple[tuple[bytes, ...], bytes, bool, frozenset[bytes]] | None:
+        """For `on_request`'s pass over the header lines, when a token can only come in a header (no query or
+        cookie): (the prefixes of the lines it sets aside, the token header's, whether the token is forwarded,
+        the headers `apply` drops besides those it sets)."""
+        if self.config.query_param or self.config.cookie:
+            return None
+        prefix = self._header + b": "
+        dropped, _ = self._stripped
+        return tuple({prefix, *(name + b": " for name in dropped)}), prefix, not self.strips_credential(), dropped
+
+    def on_request(self, ctx: RequestContext) -> HookResult:
+        # The usual request: one token header, whose token was verified before. One pass over the header lines
+        # finds that line and leaves out what `apply` would drop (the token unless forwarded, the client's
+        # copies of gateway headers when this hook comes first); the line itself is the cache key, and what
+        # the token means for this hook was worked out with it. Anything else takes the general path.
+        scan = self._scan
+        if scan is not None and ctx.consumer is None:
+            prefixes, prefix, forward, dropped = scan
+            kept: list[bytes] = []
+            found = None
+            more = False
+            for line in ctx.header_lines():
+                if not line.startswith(prefixes):
+                    kept.append(line)
+                elif line.startswith(prefix):
+                    more = found is not None
+                    found = line
+                    if forward:
+                        kept.append(line)
+            if found is not None and not more:
+                verified = self.verifier.cached(found)
+                if verified is not None:
+                    outcome = verified.memo.get(dropped) or self._outcome(verified, dropped)
+                    if outcome is not None:  # as `apply` does, with nothing to check or strip elsewhere
+                        identity, changes = outcome
+                        if changes.extra:
+                            kept = [line for line in kept if not line.startswith(changes.extra)]
+                        kept += changes.add
+                        ctx.set_header_lines(kept)
+                        ctx.consumer = identity.consumer
+                        if ctx.claims is None:
+                            ctx.claims = identity.claims
+                        return None
+        return super().on_request(ctx)
+
+    def _outcome(self, verified: VerifiedToken, dropped: frozenset[bytes]) -> tuple[Identity, HeaderChanges] | None:
+        """The identity and header changes of a verified token for `on_request`, kept with the token; None when its
+        claims make no identity (the general path refuses it)."""
+        try:
+            identity = self._identity(verified)
+        except AuthFailure:
+            return None
+        outcome = verified.memo[dropped] = identity, identity.header_changes(dropped, CONSUMER_HEADER)
+        return outcome
+
     def token(self, ctx: RequestContext) -> str | None:
         found = bearer_values(ctx, self._header)
         if self.config.query_param and ctx.query:
@@ -240,18 +297,35 @@ class JwtPlugin(AuthPlugin):
             found += cookie_values(ctx, self.config.cookie)
         return single_credential(found)
 
-    async def authenticate(self, ctx: RequestContext) -> Identity:
+    def credential(self, ctx: RequestContext) -> tuple[str, str | bytes]:
+        """The request's token (`AuthFailure` when there is none or several) and the key its verification is
+        cached under: the header line it came in when that line alone may carry a token (what `on_request`
+        looks up), else the token itself."""
         token = self.token(ctx)
         if token is None:
             raise missing()
-        verified = await self.verifier.verify(token)
+        if self._scan is not None:
+            prefix = self._scan[1]
+            lines = [line for line in ctx.header_lines() if line.startswith(prefix)]
+            if len(lines) == 1:
+                return token, lines[0]
+        return token, token
+
+    def authenticate_now(self, ctx: RequestContext) -> Identity | None:
+        verified = self.verifier.cached(self.credential(ctx)[1])
+        return None if verified is None else self._identity(verified)
+
+    async def authenticate(self, ctx: RequestContext) -> Identity:
+        return self._identity(await self.verifier.verify(*self.credential(ctx)))
+
+    def _identity(self, verified: VerifiedToken) -> Identity:
+        # Worked out once per verified token: a cached token's identity serves every request carrying it (the
+        # routes sharing this verifier share the jwt config, so the same consumer and forwarded claims).
         identity = verified.memo.get("identity")
         if not isinstance(identity, Identity):
-            identity = verified.memo["identity"] = self._identity(verified.claims)
+            identity = verified.memo["identity"] = identity_from_claims(
+                verified.claims, self.config.consumer_claim, self.consumers, self._forward)
         return identity
-
-    def _identity(self, claims: dict[str, Any]) -> Identity:
-        return identity_from_claims(claims, self.config.consumer_claim, self.consumers, self._forward)
 
     async def startup(self) -> None:
         for policy in self.verifier.issuers:

@@ -35,7 +35,7 @@ class MtlsPlugin(AuthPlugin):
             return self.scheme
         return self.scheme + b' error="unknown_subject"'
 
-    async def authenticate(self, ctx: RequestContext) -> Identity:
+    def authenticate_now(self, ctx: RequestContext) -> Identity:
         cert = ctx.client_cert
         if cert is None:
             raise missing("no_client_certificate")

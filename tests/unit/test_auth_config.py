@@ -244,3 +244,162 @@ def test_allow_names_only_declared_consumers(tmp_path: Path) -> None:
           - {name: r, match: {paths: [/]}, to: app, plugins: {api_key: {}, allow: {consumers: [acme, acmee]}}}
         """)
     assert any("routes[0].plugins.allow.consumers[1]: unknown consumer 'acmee'" in p for p in found), found
+
+
+# --- the cached-token path: answered at once, with the same outcome as the general path --------------------
+
+
+def jwt_runtime(tmp_path: Path, settings: str = "", before: str = "", more_routes: str = "") -> Runtime:
+    pem = RSA.public_pem().replace("\n", "\\n")
+    return runtime(tmp_path, f"""
+        routes:
+          - name: r
+            match: {{paths: [/]}}
+            to: app
+            plugins:
+              {before}
+              jwt: {{keys: ["{pem}"], issuer: "https://idp.test/", audiences: [api.test], consumer_claim: azp,
+                     forward_claims: {{sub: X-User-Id, tenant: X-Tenant}} {settings}}}
+          {more_routes}
+        """)
+
+
+def run_lines(rt: Runtime, lines: list[tuple[str, str]]) -> tuple[int, RequestContext, bool]:
+    """Run the route's hooks on a request whose headers are ready-made lines, as a connection hands them
+    over: (status, ctx, whether every hook answered at once)."""
+    ctx = RequestContext("GET", "/x", b"", None, "gw.test", "203.0.113.9", "203.0.113.9", "http", "1.1",
+                         [f"{k.lower()}: {v}\r\n".encode() for k, v in lines])
+    route = rt.router.match("GET", "gw.test", "/x", ())
+    ctx.route = route
+    at_once = True
+
+    async def go() -> int:
+        nonlocal at_once
+        for hook in route.request_hooks:
+            result = hook(ctx)
+            at_once = at_once and result is None
+            if await settled(result) is not None:
+                return -1
+        return 0
+
+    try:
+        return asyncio.run(go()), ctx, at_once
+    except HttpError as error:
+        return error.status, ctx, at_once
+
+
+def names(ctx: RequestContext) -> list[bytes]:
+    return [line.partition(b":")[0] for line in ctx.header_lines()]
+
+
+def test_a_cached_token_is_settled_at_once_with_the_same_outcome(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    rt = jwt_runtime(tmp_path)
+    hooks = rt.routes[0].request_hooks
+    assert [h.__qualname__ for h in hooks] == ["JwtPlugin.on_request"]  # it strips the client's copies itself
+    token = RSA.token(claims(azp="mobile", tenant="t1"))
+    request = [("User-Agent", "t"), ("X-User-Id", "forged"), ("Authorization", f"Bearer {token}"),
+               ("X-Consumer", "acme"), ("Accept", "*/*")]
+    first = run_lines(rt, request)
+    assert first[0] == 0 and not first[2]  # verified: the signature check ran in a coroutine
+    again = run_lines(rt, request)
+    assert again[0] == 0 and again[2]  # cached: no coroutine at all
+    for _, ctx, _ in (first, again):
+        assert ctx.header_lines() == [b"user-agent: t\r\n", b"accept: */*\r\n", b"x-consumer: mobile\r\n",
+                                      b"x-user-id: user-7\r\n", b"x-tenant: t1\r\n"]
+        assert ctx.consumer == "mobile" and ctx.claims is not None and ctx.claims["tenant"] == "t1"
+    # The same token spelt otherwise, or sent twice, takes the general path to the same outcome.
+    for spelling in ([("Authorization", f"bearer  {token}")], [("Authorization", f"Bearer {token}")] * 2):
+        status, ctx, _ = run_lines(rt, [("X-User-Id", "forged"), *spelling])
+        assert status == 0 and names(ctx) == [b"x-consumer", b"x-user-id", b"x-tenant"]
+
+
+def test_a_refused_request_loses_the_client_copies_too(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    rt = jwt_runtime(tmp_path)
+    other = RSA.token(claims(azp="mobile", jti="other"))
+    for auth in ([], [("Authorization", "Bearer not.a.token")], [("Authorization", f"Bearer {other}")] * 2 + [
+            ("Authorization", f"Bearer {RSA.token(claims(azp='mobile'))}")]):
+        status, ctx, _ = run_lines(rt, [("X-User-Id", "forged"), ("X-Tenant", "t"), ("X-Keep", "1"), *auth])
+        assert status == 401
+        assert b"x-user-id" not in names(ctx) and b"x-tenant" not in names(ctx) and b"x-keep" in names(ctx)
+
+
+def test_a_cached_token_still_expires_on_time(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    rt = jwt_runtime(tmp_path)
+    token = RSA.token(claims(azp="mobile", lifetime=100))
+    request = [("Authorization", f"Bearer {token}")]
+    assert run_lines(rt, request)[0] == 0
+    assert run_lines(rt, request)[2]
+    verifier = rt.routes[0].plugins[0].verifier  # type: ignore[attr-defined]
+    exp = verifier.cached(b"authorization: Bearer " + token.encode() + b"\r\n").expires
+    verifier.clock = lambda: exp + 61  # past exp and the 60 s skew
+    status, ctx, at_once = run_lines(rt, request)
+    assert status == 401 and not at_once
+    assert ctx.state is not None and ctx.state["auth_failure"] == "jwt:expired"
+
+
+def test_a_forwarded_token_stays_in_its_place_on_the_cached_path(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    rt = jwt_runtime(tmp_path, ", forward_token: true")
+    token = RSA.token(claims(azp="mobile"))
+    request = [("Authorization", f"Bearer {token}"), ("X-Tenant", "forged"), ("Accept", "*/*")]
+    for _ in range(2):
+        status, ctx, _ = run_lines(rt, request)
+        assert status == 0
+        assert names(ctx) == [b"authorization", b"accept", b"x-consumer", b"x-user-id"]
+
+
+def test_after_another_hook_the_client_copies_go_in_a_hook_of_their_own(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    rt = jwt_runtime(tmp_path, before="ip_restriction: {allow: [203.0.113.0/24]}")
+    hooks = [h.__qualname__ for h in rt.routes[0].request_hooks]
+    assert hooks[0].endswith("strip_gateway_headers") and hooks[2] == "JwtPlugin.on_request"
+    request = [("X-User-Id", "forged"), ("Authorization", f"Bearer {RSA.token(claims(azp='mobile'))}")]
+    for _ in range(2):
+        status, ctx, _ = run_lines(rt, request)
+        assert status == 0 and names(ctx) == [b"x-consumer", b"x-user-id"]
+
+
+def test_an_authenticator_reading_a_gateway_header_leaves_the_stripping_to_its_own_hook(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    # Absurd, but it must not change meaning: the client's X-Token is a gateway header, gone before jwt looks.
+    rt = jwt_runtime(tmp_path, ", header: X-Token", more_routes="""
+          - name: t
+            match: {paths: [/t]}
+            to: app
+            plugins: {oauth2_introspection: {url: "http://127.0.0.1:9/i", client_id: a, client_secret: b,
+                                             forward_claims: {sub: X-Token}}}""")
+    assert rt.routes[0].request_hooks[0].__qualname__.endswith("strip_gateway_headers")
+    status, ctx, _ = run_lines(rt, [("X-Token", f"Bearer {RSA.token(claims(azp='mobile'))}")])
+    assert status == 401 and ctx.state is not None and ctx.state["auth_failure"] == "jwt:missing"
+
+
+def test_api_keys_and_cached_tokens_in_auth_any_are_settled_at_once(tmp_path: Path) -> None:
+    from tests.idp import claims
+
+    pem = RSA.public_pem().replace("\n", "\\n")
+    rt = runtime(tmp_path, f"""
+        routes:
+          - name: r
+            match: {{paths: [/]}}
+            to: app
+            plugins:
+              jwt: {{keys: ["{pem}"], issuer: "https://idp.test/", audiences: [api.test], consumer_claim: azp}}
+              api_key: {{hide: true}}
+            auth_any: [api_key, jwt]
+        """)
+    status, ctx, at_once = run_lines(rt, [("X-Api-Key", KEY)])
+    assert (status, ctx.consumer, at_once) == (0, "acme", True)
+    request = [("Authorization", f"Bearer {RSA.token(claims(azp='mobile'))}")]
+    assert run_lines(rt, request)[2] is False
+    status, ctx, at_once = run_lines(rt, request)
+    assert (status, ctx.consumer, at_once) == (0, "mobile", True)
+    assert run_lines(rt, [("X-Api-Key", "wrong")])[0] == 401

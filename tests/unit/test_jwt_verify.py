@@ -355,6 +355,18 @@ def test_a_cached_token_is_never_served_past_its_exp() -> None:
     assert v.cache_len() == 0
 
 
+def test_a_token_can_be_cached_under_the_header_line_it_came_in() -> None:
+    clock = Clock()
+    v = verifier(clock=clock, clock_skew=0)
+    token = RSA.token(good_claims(exp=int(NOW) + 10))
+    line = f"authorization: Bearer {token}\r\n".encode()
+    first = asyncio.run(v.verify(token, line))
+    assert v.cached(line) is first and v.cached(token) is None
+    assert asyncio.run(v.verify(token, line)) is first and v.signature_checks == 1
+    clock.now = NOW + 10.5  # and it still expires on time
+    assert v.cached(line) is None and v.cache_len() == 0
+
+
 def test_the_cache_is_bounded() -> None:
     v = verifier(cache_size=3)
     for i in range(10):
