@@ -59,6 +59,7 @@ _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 _NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())
 _CACHED_PATH_BYTES = 256
+_COPY_LIMIT = 8192  # response pieces are joined into one write below this size, handed over as they are above
 _METHOD_NAMES = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -383,7 +384,12 @@ class HttpConnection(asyncio.Protocol):
         if out:
             self.out = []
             if not self._closing and self.transport is not None:
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                elif len(out[-1]) < _COPY_LIMIT:
+                    self.transport.write(b"".join(out))
+                else:
+                    self.transport.writelines(out)  # one writev: a large body is not copied into a joined buffer
 
     def send_error(self, exchange: Exchange, error: HttpError) -> None:
         body = error_body(error, exchange.ctx.request_id)

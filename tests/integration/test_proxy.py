@@ -162,6 +162,17 @@ def test_wrong_method_gets_405_with_allow(gateway: RunningGateway) -> None:
     assert body["request_id"] == response.headers["x-request-id"]
 
 
+def test_repeated_targets_keep_their_own_route_and_method_answer(gateway: RunningGateway) -> None:
+    # Routing decisions are cached per (method, host, raw path): a repeat must give the same answer as the first
+    # time, and a cached GET must not answer a DELETE of the same path (405), nor a cached 405 a later GET.
+    with httpx.Client(timeout=10) as client:
+        for _ in range(3):
+            assert client.get(gateway.url("/orders/7")).status_code == 200
+            assert client.request("DELETE", gateway.url("/orders/7")).status_code == 405
+            assert client.get(gateway.url("/orders/%37")).status_code == 200  # the same path, spelled apart
+            assert client.get(gateway.url("/ordersx")).status_code == 404
+
+
 def test_prefix_matches_on_segment_boundaries(gateway: RunningGateway) -> None:
     assert _get(gateway, "/ordersx").status_code == 404
     assert _get(gateway, "/orders/").status_code == 200
