@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.metrics import RequestMetrics
-from frontgate.observability.tracing import Tracer, incoming_trace_id, trace_id_of
+from frontgate.observability.tracing import Tracer, incoming_trace_id, trace_id_hex
 
 if TYPE_CHECKING:
     from frontgate.server.exchange import Exchange
@@ -49,7 +49,7 @@ class Observations:
     def add(self, exchange: Exchange) -> None:
         now = time.monotonic()
         ctx = exchange.ctx
-        if self._tracer is not None and type(ctx.trace) is not int:  # an int: decided, not sampled
+        if self._tracer is not None and type(ctx.trace) is not bytes:  # bytes: decided, not sampled
             self._tracer.finish(exchange, now)
         route = exchange.route
         if self._access_log is None:
@@ -61,7 +61,7 @@ class Observations:
             record = (now, ctx.started, route.name if route is not None else None, ctx.method, exchange.status,
                       ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.grpc_status, exchange.attempts,
                       ctx.request_id,
-                      f"{trace_id_of(trace):032x}" if trace is not None else incoming_trace_id(ctx.header_lines()),
+                      trace_id_hex(trace) if trace is not None else incoming_trace_id(ctx.header_lines()),
                       ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
         pending = self._pending
         pending.append(record)

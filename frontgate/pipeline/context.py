@@ -59,7 +59,7 @@ class RequestContext:
     _request_id: str | None = None
     # Observability (frontgate/observability/): the trace context when tracing is on, and when metrics,
     # traces or the access log are on, each upstream try as [cluster, target, started, ended, ok].
-    trace: Trace | int | None = None  # an int: the id of a trace that is not sampled
+    trace: Trace | bytes | None = None  # bytes: the traceparent line of an unsampled trace's first try
     tries: list[list[Any]] | None = None
 
     def __init__(
