@@ -22,13 +22,16 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any, Literal
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
+from frontgate.observability.tracing import trace_id_hex
+from frontgate.pipeline.context import new_request_id
 
 if TYPE_CHECKING:
     from frontgate.observability.batch import Record
 
 MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed over but not yet written; beyond, lines are dropped
 _REOPEN = b""  # in the writer's queue: close and reopen the file
-_MILLIS = [f".{ms:03d}Z" for ms in range(1001)]  # the time's fraction, made once (1000: a float's rounding)
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
+_QUOTE = '"'
 
 
 def _text(value: str | None) -> str:
@@ -114,8 +117,11 @@ class AccessLog:
     def __init__(self, path: str | None, fd: int | None) -> None:
         self.enabled = fd is not None or path is not None
         self._writer = _Writer(path, fd if fd is not None else -1) if self.enabled else None
+        # Wall time, checked against the clock once a second: a line's time is its request's monotonic end
+        # plus `_offset`; `_stamp` is the start of the line up to the second, for the second that begins at
+        # `_second_ms` (wall milliseconds).
         self._offset = 0.0
-        self._second = -1
+        self._second_ms = 0
         self._stamp = ""
         # '"upstream":"name","target":"url","upstream_us":' per target, quoted once (targets are few)
         self._upstream_fields: dict[object, str] = {}
@@ -134,53 +140,62 @@ class AccessLog:
     def dropped(self) -> int:
         return self._writer.dropped if self._writer is not None else 0
 
-    def line(self, record: Record) -> str:
-        """The JSON line of a finished request (see frontgate/observability/batch.py for the record)."""
-        (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, attempts, request_id,
-         trace_id, client_ip, consumer, host, path, state) = record
-        wall = now + self._offset
-        second = int(wall)
-        if second != self._second:
-            wall = self._next_second(now)
-            second = self._second
-        if tries:
-            cluster, target, started, ended, _ = tries[-1]
-            upstream = self._upstream_fields.get(target.state)
-            if upstream is None:
-                upstream = self._upstream_fields[target.state] = (
-                    f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":')
-            where = f"{upstream}{int(((ended or now) - started) * 1e6)}"
-        else:
-            where = '"upstream":null,"target":null,"upstream_us":null'
-        if state:
-            outcomes = (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
-                        f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}')
-        else:
-            outcomes = '"cache":null,"auth_failure":null,"rate_limit":null'
-        return (
-            f'{{"time":"{self._stamp}{_MILLIS[int((wall - second) * 1000)]}",'
-            f'"request_id":{_quote(request_id)},"trace_id":{"null" if trace_id is None else _quote(trace_id)},'
-            f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
-            f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
-            f'"route":{"null" if route is None else _quote(route)},{where},"status":{status},'
-            f'"grpc_status":{"null" if grpc_status is None else grpc_status},'
-            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
-            f'"retries":{attempts - 1 if attempts else 0},{outcomes}}}\n'
-        )
+    def write(self, records: list[Record]) -> None:
+        """Format the JSON lines of finished requests (see frontgate/observability/batch.py for a record) and
+        hand them to the writer thread as one block.
 
-    def _next_second(self, now: float) -> float:
+        One loop for the whole batch, its state in locals. Upstream and target are quoted once per target;
+        ids the gateway made itself (trace ids, request ids) are hex and need no escaping."""
+        writer = self._writer
+        if writer is None or not records:
+            return
+        lines: list[str] = []
+        append = lines.append
+        offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
+        upstream_fields = self._upstream_fields
+        for (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, attempts, request_id,
+             trace, client_ip, consumer, host, path, state) in records:
+            millis = int((now + offset) * 1000.0) - second_ms
+            if not 0 <= millis < 1000:
+                self._next_second(now)
+                offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
+                millis = int((now + offset) * 1000.0) - second_ms
+            if tries:
+                cluster, target, started, ended, _ = tries[-1]
+                upstream = upstream_fields.get(target.state)
+                if upstream is None:
+                    upstream = upstream_fields[target.state] = (
+                        f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":')
+                where = f"{upstream}{int(((ended or now) - started) * 1e6)}"
+            else:
+                where = '"upstream":null,"target":null,"upstream_us":null'
+            if state:
+                outcomes = (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
+                            f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}')
+            else:
+                outcomes = '"cache":null,"auth_failure":null,"rate_limit":null'
+            if trace is not None:
+                trace = f'"{trace if type(trace) is str else trace_id_hex(trace)}"'
+            append(
+                f'{stamp}{_MILLIS[millis]}","request_id":'
+                f'{_quote(request_id) if request_id is not None else f"{_QUOTE}{new_request_id()}{_QUOTE}"},'
+                f'"trace_id":{"null" if trace is None else trace},'
+                f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
+                f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
+                f'"route":{"null" if route is None else _quote(route)},{where},"status":{status},'
+                f'"grpc_status":{"null" if grpc_status is None else grpc_status},'
+                f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
+                f'"retries":{attempts - 1 if attempts else 0},{outcomes}}}\n'
+            )
+        writer.submit("".join(lines).encode(), len(lines))
+
+    def _next_second(self, now: float) -> None:
         # Wall time is the request's monotonic end time plus an offset that is checked against the clock
         # once a second: one clock read per second instead of one per line.
         self._offset = time.time() - time.monotonic()
-        wall = now + self._offset
-        self._second = int(wall)
-        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
-        return wall
-
-    def submit(self, lines: list[str]) -> None:
-        """Hand lines to the writer thread as one block."""
-        if lines and self._writer is not None:
-            self._writer.submit("".join(lines).encode(), len(lines))
+        wall_ms = int((now + self._offset) * 1000.0)  # as `write` computes it, so the millis are 0-999
+        self._second_ms = wall_ms - wall_ms % 1000
+        self._stamp = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ms // 1000))
 
     def reopen(self) -> None:
         """SIGUSR1: lines handed over so far go to the file being rotated away, later ones to a new file."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.metrics import RequestMetrics
-from frontgate.observability.tracing import Tracer, incoming_trace_id, trace_id_hex
+from frontgate.observability.tracing import Tracer, incoming_trace_id
 
 if TYPE_CHECKING:
     from frontgate.server.exchange import Exchange
@@ -32,8 +32,9 @@ FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logge
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
 # (end, start, route name | None, method, status, tries, bytes in, bytes out, grpc status | None, attempts,
-#  request id, trace id | None, client ip, consumer | None, host, path, ctx.state); times are monotonic
-# seconds. The last eight are filled only when the access log is on.
+#  request id | None, trace | None, client ip, consumer | None, host, path, ctx.state); times are monotonic
+# seconds. The last eight are filled only when the access log is on. The trace is `ctx.trace` with tracing
+# on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
 Record = tuple[Any, ...]
 
 
@@ -49,19 +50,21 @@ class Observations:
     def add(self, exchange: Exchange) -> None:
         now = time.monotonic()
         ctx = exchange.ctx
-        if self._tracer is not None and type(ctx.trace) is not bytes:  # bytes: decided, not sampled
+        trace = ctx.trace
+        if self._tracer is not None and type(trace) is not bytes:  # bytes: decided, not sampled
             self._tracer.finish(exchange, now)
+            trace = ctx.trace
         route = exchange.route
         if self._access_log is None:
             record: Record = (now, ctx.started, route.name if route is not None else None, ctx.method,
                               exchange.status, ctx.tries, exchange.body_bytes, exchange.bytes_out,
                               exchange.grpc_status)
         else:
-            trace = ctx.trace
+            # The trace and request ids are formatted with the line; a request that never needed its id
+            # gets one there.
             record = (now, ctx.started, route.name if route is not None else None, ctx.method, exchange.status,
                       ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.grpc_status, exchange.attempts,
-                      ctx.request_id,
-                      trace_id_hex(trace) if trace is not None else incoming_trace_id(ctx.header_lines()),
+                      ctx.request_id_made, trace if self._tracer is not None else incoming_trace_id(ctx.header_lines()),
                       ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
         pending = self._pending
         pending.append(record)
@@ -77,11 +80,8 @@ class Observations:
         self._pending = []
         try:
             if self._metrics is not None:
-                record = self._metrics.record
-                for item in pending:
-                    record(item)
+                self._metrics.count(pending)
             if self._access_log is not None:
-                line = self._access_log.line
-                self._access_log.submit([line(item) for item in pending])
+                self._access_log.write(pending)
         except Exception:  # accounting must never break serving
             log.exception("could not account for %d requests", len(pending))

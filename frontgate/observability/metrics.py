@@ -76,36 +76,38 @@ class RequestMetrics:
         # (route, upstream, grpc-status code) -> responses; only gRPC responses are counted here
         self._grpc: dict[tuple[str, str, int], int] = {}
 
-    def record(self, record: Record) -> None:
-        now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
-        upstream = NO_UPSTREAM
-        if tries:
-            attempts = self._attempts
-            for cluster, target, started, ended, ok in tries:
-                series = attempts.get(target.state)
-                if series is None:
-                    series = self._new_attempt_series(cluster, target)
-                elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
-                if ok:
-                    series.ok += 1
-                else:
-                    series.errors += 1
-                series.total += elapsed
-                series.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-            upstream = tries[-1][0].name
-        key = (route or NO_ROUTE, method, status, upstream)
-        request = self._shortcuts.get(key)
-        if request is None:
-            request = self._new_request_series(key)
-        elapsed = now - started_at
-        request.count += 1
-        request.total += elapsed
-        request.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-        request.bytes_in += bytes_in
-        request.bytes_out += bytes_out
-        if grpc_status is not None:
-            grpc_key = (route or NO_ROUTE, upstream, grpc_status)
-            self._grpc[grpc_key] = self._grpc.get(grpc_key, 0) + 1
+    def count(self, records: list[Record]) -> None:
+        """Count a batch of finished requests (see frontgate/observability/batch.py for a record)."""
+        shortcuts, attempts, grpc, bounds = self._shortcuts, self._attempts, self._grpc, LATENCY_BOUNDS
+        for record in records:
+            now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
+            upstream = NO_UPSTREAM
+            if tries:
+                for cluster, target, started, ended, ok in tries:
+                    series = attempts.get(target.state)
+                    if series is None:
+                        series = self._new_attempt_series(cluster, target)
+                    elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
+                    if ok:
+                        series.ok += 1
+                    else:
+                        series.errors += 1
+                    series.total += elapsed
+                    series.buckets[bisect_left(bounds, elapsed)] += 1
+                upstream = tries[-1][0].name
+            key = (route or NO_ROUTE, method, status, upstream)
+            request = shortcuts.get(key)
+            if request is None:
+                request = self._new_request_series(key)
+            elapsed = now - started_at
+            request.count += 1
+            request.total += elapsed
+            request.buckets[bisect_left(bounds, elapsed)] += 1
+            request.bytes_in += bytes_in
+            request.bytes_out += bytes_out
+            if grpc_status is not None:
+                grpc_key = (route or NO_ROUTE, upstream, grpc_status)
+                grpc[grpc_key] = grpc.get(grpc_key, 0) + 1
 
     def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:
         route, method, status, upstream = key

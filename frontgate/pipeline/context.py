@@ -56,7 +56,8 @@ class RequestContext:
     # by a request hook: cheaper than an on_response hook for a plugin that only adds fields.
     response_headers_add: list[tuple[bytes, bytes]] | None = None
     state: dict[str, Any] | None = None
-    _request_id: str | None = None
+    # The id, once something asked for it (`request_id`); the access log makes one for a request without.
+    request_id_made: str | None = None
     # Observability (frontgate/observability/): the trace context when tracing is on, and when metrics,
     # traces or the access log are on, each upstream try as [cluster, target, started, ended, ok].
     trace: Trace | bytes | None = None  # bytes: the traceparent line of an unsampled trace's first try
@@ -91,13 +92,13 @@ class RequestContext:
     @property
     def request_id(self) -> str:
         """Made on first use: most requests without the request_id plugin never need one."""
-        if self._request_id is None:
-            self._request_id = new_request_id()
-        return self._request_id
+        if self.request_id_made is None:
+            self.request_id_made = new_request_id()
+        return self.request_id_made
 
     @request_id.setter
     def request_id(self, value: str) -> None:
-        self._request_id = value
+        self.request_id_made = value
 
     @property
     def headers(self) -> list[tuple[bytes, bytes]]:
