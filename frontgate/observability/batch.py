@@ -31,9 +31,9 @@ log = logging.getLogger("frontgate.observability")
 FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logged
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
-# (end, start, route name | None, method, status, tries, bytes in, bytes out, grpc status | None, attempts,
-#  request id | None, trace | None, client ip, consumer | None, host, path, ctx.state); times are monotonic
-# seconds. The last eight are filled only when the access log is on. The trace is `ctx.trace` with tracing
+# (end, start, route | None, method, status, tries, bytes in, bytes out, grpc status | None, request id | None,
+#  trace | None, client ip, consumer | None, host, path, ctx.state); times are monotonic seconds, tries are
+# `ctx.tries`. The last seven are filled only when the access log is on. The trace is `ctx.trace` with tracing
 # on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
 Record = tuple[Any, ...]
 
@@ -48,24 +48,24 @@ class Observations:
         self._pending: list[Record] = []
 
     def add(self, exchange: Exchange) -> None:
+        """At the end of each request: only copy what the batch needs (the request's cost is here)."""
         now = time.monotonic()
         ctx = exchange.ctx
         trace = ctx.trace
-        if self._tracer is not None and type(trace) is not bytes:  # bytes: decided, not sampled
+        if type(trace) is not bytes and self._tracer is not None:  # bytes: decided, not sampled
             self._tracer.finish(exchange, now)
             trace = ctx.trace
-        route = exchange.route
-        if self._access_log is None:
-            record: Record = (now, ctx.started, route.name if route is not None else None, ctx.method,
-                              exchange.status, ctx.tries, exchange.body_bytes, exchange.bytes_out,
-                              exchange.grpc_status)
+        if self._access_log is not None:
+            record: Record = (
+                now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
+                exchange.bytes_out, exchange.grpc_status, ctx.request_id_made,
+                trace if self._tracer is not None else incoming_trace_id(ctx.header_lines()),
+                ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
+        elif self._metrics is not None:
+            record = (now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
+                      exchange.bytes_out, exchange.grpc_status)
         else:
-            # The trace and request ids are formatted with the line; a request that never needed its id
-            # gets one there.
-            record = (now, ctx.started, route.name if route is not None else None, ctx.method, exchange.status,
-                      ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.grpc_status, exchange.attempts,
-                      ctx.request_id_made, trace if self._tracer is not None else incoming_trace_id(ctx.header_lines()),
-                      ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
+            return  # tracing alone: nothing to batch
         pending = self._pending
         pending.append(record)
         if len(pending) == 1:

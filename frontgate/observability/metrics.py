@@ -81,7 +81,7 @@ class RequestMetrics:
         shortcuts, attempts, grpc, bounds = self._shortcuts, self._attempts, self._grpc, LATENCY_BOUNDS
         for record in records:
             now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
-            upstream = NO_UPSTREAM
+            route_name = route.name if route is not None else NO_ROUTE
             if tries:
                 for cluster, target, started, ended, ok in tries:
                     series = attempts.get(target.state)
@@ -95,7 +95,9 @@ class RequestMetrics:
                     series.total += elapsed
                     series.buckets[bisect_left(bounds, elapsed)] += 1
                 upstream = tries[-1][0].name
-            key = (route or NO_ROUTE, method, status, upstream)
+            else:
+                upstream = NO_UPSTREAM
+            key = (route_name, method, status, upstream)
             request = shortcuts.get(key)
             if request is None:
                 request = self._new_request_series(key)
@@ -106,7 +108,7 @@ class RequestMetrics:
             request.bytes_in += bytes_in
             request.bytes_out += bytes_out
             if grpc_status is not None:
-                grpc_key = (route or NO_ROUTE, upstream, grpc_status)
+                grpc_key = (route_name, upstream, grpc_status)
                 grpc[grpc_key] = grpc.get(grpc_key, 0) + 1
 
     def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:

@@ -10,8 +10,8 @@ propagated (flag 00), so an upstream that samples on its own keeps the same trac
 nothing here runs: an incoming `traceparent` is forwarded as any other header.
 
 Most requests start an unsampled trace, so that case makes no number and formats nothing: its ids are
-random hex cut, as a whole `traceparent` line, from a buffer of such lines made in bulk (`_IdLines`), and
-the line is all the request keeps of its trace (`ctx.trace`).
+random hex cut, as a whole `traceparent` line, from a buffer of such lines made in bulk (`_random_lines`),
+and the line is all the request keeps of its trace (`ctx.trace`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _TRACE_HEX = slice(16, 48)  # the trace id
 _LOW_HEX = slice(32, 48)  # its low 64 bits, which sampling looks at
 _SPAN_START = 49  # the try's span id and the flags follow; everything before is the trace's
 _LINES_PER_FILL = 512
+_FILL = _LINE * _LINES_PER_FILL
 EXPORT_EVERY = 1.0  # seconds between batches when traffic is light
 BATCH = 512  # spans per export request; a full batch wakes the exporter early
 MAX_QUEUE = 4096  # requests waiting for export; beyond, spans are dropped and counted
@@ -72,33 +73,19 @@ def trace_id_hex(trace: Trace | bytes) -> str:
     return f"{trace.trace_id:032x}"
 
 
-class _IdLines:
-    """`traceparent` lines of unsampled tries with fresh random ids, made 512 at a time: random hex for
-    whole lines at once, then the fixed characters written over it column by column (a few C-level slice
-    assignments), so a try costs one slice instead of random numbers and their formatting. Filled on first
-    use, so forked workers never share ids."""
-
-    def __init__(self) -> None:
-        self._lines = b""
-        self._at = 0
-
-    def take(self) -> bytes:
-        at = self._at
-        if at == len(self._lines):
-            self._lines = _random_lines(_LINES_PER_FILL)
-            at = 0
-        self._at = at + _LINE
-        return self._lines[at:at + _LINE]
-
-
-def _random_lines(count: int) -> bytes:
+def _random_lines() -> bytes:
+    """`_LINES_PER_FILL` traceparent lines of unsampled tries with fresh random ids: random hex for whole lines
+    at once, then the fixed characters written over it column by column (C-level slice assignments), so a
+    try costs one slice instead of making random numbers and formatting them."""
+    count = _LINES_PER_FILL
     while True:
         lines = bytearray(os.urandom(_LINE * count // 2).hex().encode())
         for column, char in enumerate(_UNSAMPLED_TEMPLATE):
             if char != 120:  # "x"
                 lines[column::_LINE] = bytes((char,)) * count
-        # All-zero ids are invalid (W3C trace context 3.2.2.3); one in 2^64 lines would carry one.
-        if b"-0000000000000000-" not in lines and b"-00000000000000000000000000000000-" not in lines:
+        # All-zero ids are invalid (W3C trace context 3.2.2.3): made again in the unlikely case that any
+        # 16 hex digits in a row are zeros (about once in 10^15 fills).
+        if lines.find(b"0" * 16) < 0:
             return bytes(lines)
 
 
@@ -132,7 +119,10 @@ class Tracer:
         # A new trace is sampled when its trace id's low 64 bits are under `bound`; compared as 16 hex
         # digits (fixed-width lowercase hex sorts as the numbers do; b"g" is above all of them: ratio 1).
         self._bound_hex = b"%016x" % bound if bound < 1 << 64 else b"g"
-        self._ids = _IdLines()
+        # Lines with random ids (`_random_lines`) and where the next one starts; filled on first use, so
+        # forked workers never share ids.
+        self._random = b""
+        self._at = _FILL
         self._exporter = SpanExporter(config)
         self.dropped = 0
 
@@ -149,12 +139,24 @@ class Tracer:
             if line[0] == 116 and line.startswith(b"trace"):  # 116: "t", a cheap first test
                 trace = self._continue(ctx, lines)
                 break
-        else:
-            trace = self._ids.take()
+        else:  # a new trace, as most requests start: `_fresh_line` made inline (this runs for every request)
+            at = self._at
+            if at == _FILL:
+                self._random, at = _random_lines(), 0
+            self._at = at + _LINE
+            trace = self._random[at:at + _LINE]
             if trace[_LOW_HEX] < self._bound_hex:
                 trace = Trace(int(trace[_TRACE_HEX], 16), 0, True, None)
         ctx.trace = trace
         return trace
+
+    def _fresh_line(self) -> bytes:
+        """The traceparent line of a new unsampled trace, with random ids."""
+        at = self._at
+        if at == _FILL:
+            self._random, at = _random_lines(), 0
+        self._at = at + _LINE
+        return self._random[at:at + _LINE]
 
     def _continue(self, ctx: RequestContext, lines: list[bytes]) -> Trace | bytes:
         """The request carries trace context: follow it when it is valid."""
@@ -174,9 +176,9 @@ class Tracer:
             if flags & 1:
                 trace = Trace(trace_id, parent_id, True, ",".join(states) or None)
             else:  # the caller's trace id, our own span id
-                trace = b"traceparent: 00-%032x" % trace_id + self._ids.take()[_SPAN_START - 1:]
+                trace = b"traceparent: 00-%032x" % trace_id + self._fresh_line()[_SPAN_START - 1:]
         else:
-            trace = self._ids.take()
+            trace = self._fresh_line()
             if trace[_LOW_HEX] < self._bound_hex:
                 trace = Trace(int(trace[_TRACE_HEX], 16), 0, True, None)
         if found:
@@ -193,7 +195,7 @@ class Tracer:
             if type(trace) is bytes:
                 return trace
         elif type(trace) is bytes:  # another try of an unsampled trace: the same trace id, a fresh span id
-            return trace[:_SPAN_START] + self._ids.take()[_SPAN_START:]
+            return trace[:_SPAN_START] + self._fresh_line()[_SPAN_START:]
         assert isinstance(trace, Trace)
         span_id = getrandbits(64) or 1
         ids = trace.client_ids
