@@ -33,7 +33,7 @@ _REOPEN = b""  # in the writer's queue: close and reopen the file
 PAUSE = 0.05  # seconds the writer thread waits after writing, for more blocks to write at once
 _MAX_BLOCKS = 256  # blocks in one writev (the system allows 1024)
 _MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
-_NO_UPSTREAM = '"upstream":null,"target":null,"upstream_us":'
+_MAX_SHAPES = 4096  # kinds of request whose pieces are kept; beyond, they are made again
 _NO_OUTCOMES = '"cache":null,"auth_failure":null,"rate_limit":null}\n'
 
 
@@ -50,6 +50,23 @@ def _write_all(fd: int, blocks: list[bytes]) -> None:
 
 def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
+
+
+def _shape(consumer: str | None, method: str, host: str, route: str | None, last: list[Any] | None,
+           status: int, grpc_status: int | None, tries: int) -> tuple[str, str, str, str]:
+    """The fixed text between a line's own values, for requests of one kind: what comes before the path,
+    before upstream_us, before bytes_in and before the outcomes."""
+    if last is None:
+        upstream = '"upstream":null,"target":null,"upstream_us":'
+    else:
+        cluster, target = last[0], last[1]
+        upstream = f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":'
+    return (
+        f',"consumer":{_text(consumer)},"method":{_quote(method)},"host":{_quote(host)},"path":',
+        f',"route":{_text(route)},{upstream}',
+        f',"status":{status},"grpc_status":{"null" if grpc_status is None else grpc_status},"bytes_in":',
+        f',"retries":{max(tries - 1, 0)},',
+    )
 
 
 def _outcomes(state: dict[str, Any]) -> str:
@@ -151,8 +168,8 @@ class AccessLog:
         self._offset = 0.0
         self._second_ms = 0
         self._stamp = ""
-        # '"upstream":"name","target":"url","upstream_us":' per target, quoted once (targets are few)
-        self._upstream_fields: dict[object, str] = {}
+        # (consumer, method, host, route name, last target's state, status, grpc status, tries) -> `_shape`
+        self._shapes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
 
     @classmethod
     def from_config(cls, config: AccessLogConfig | Literal[False]) -> AccessLog:
@@ -172,15 +189,18 @@ class AccessLog:
         """Format the JSON lines of finished requests (see frontgate/observability/batch.py for a record) and
         hand them to the writer thread as one block.
 
-        One loop for the whole batch, its state in locals; upstream and target are quoted once per target.
-        """
+        One loop for the whole batch, its state in locals. The fields requests of one kind share (method,
+        host, route, target, status...) come as ready-made pieces from `_shapes`, so a line formats only
+        what is its own: time, ids, client, path, sizes and durations."""
         writer = self._writer
         if writer is None or not records:
             return
         lines: list[str] = []
         append = lines.append
         offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
-        upstream_fields = self._upstream_fields
+        shapes = self._shapes
+        if len(shapes) > _MAX_SHAPES:
+            shapes.clear()
         for (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, request_id, trace,
              client_ip, consumer, host, path, state) in records:
             millis = int((now + offset) * 1000.0) - second_ms
@@ -188,30 +208,32 @@ class AccessLog:
                 self._next_second(now)
                 offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
                 millis = int((now + offset) * 1000.0) - second_ms
+            if route is not None:
+                route = route.name  # not the route: the key must not keep an old config generation alive
             if tries:
-                cluster, target, started, ended, _ = tries[-1]
-                upstream = upstream_fields.get(target.state)
-                if upstream is None:
-                    upstream = upstream_fields[target.state] = (
-                        f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":')
-                upstream_us: int | str = int(((ended or now) - started) * 1e6)
-                retries = len(tries) - 1
+                last = tries[-1]
+                upstream_us: int | str = int(((last[3] or now) - last[2]) * 1e6)
+                key = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
             else:
-                upstream, upstream_us, retries = _NO_UPSTREAM, "null", 0
+                last, upstream_us = None, "null"
+                key = (consumer, method, host, route, None, status, grpc_status, 0)
+            shape = shapes.get(key)
+            if shape is None:
+                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status, len(tries))
+            before_path, before_upstream_us, before_bytes_in, before_outcomes = shape
             if trace is None:
                 quote, trace_id = "", "null"
+            elif type(trace) is bytes:
+                quote, trace_id = '"', trace[16:48].decode()  # an unsampled trace's line: its trace id
             else:
                 quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
             # Ids the gateway made are hex: only one that came from elsewhere needs escaping.
             request_field = f'"{new_request_id()}"' if request_id is None else _quote(request_id)
             append(
                 f'{stamp}{_MILLIS[millis]}","request_id":{request_field},"trace_id":{quote}{trace_id}{quote},'
-                f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
-                f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
-                f'"route":{"null" if route is None else _quote(route.name)},{upstream}{upstream_us},'
-                f'"status":{status},"grpc_status":{"null" if grpc_status is None else grpc_status},'
-                f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
-                f'"retries":{retries},{_outcomes(state) if state else _NO_OUTCOMES}'
+                f'"client_ip":{_quote(client_ip)}{before_path}{_quote(path)}{before_upstream_us}{upstream_us}'
+                f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)}'
+                f'{before_outcomes}{_outcomes(state) if state else _NO_OUTCOMES}'
             )
         writer.submit("".join(lines).encode(), len(lines))
 

@@ -190,7 +190,7 @@ class Tracer:
     def upstream_traceparent(self, exchange: Exchange) -> bytes:
         """The `traceparent` header line of the try being sent: its client span is the upstream's parent."""
         trace = exchange.ctx.trace
-        if trace is None:  # the first try: its line is the one `begin` made
+        if trace is None:  # the first try: an unsampled trace's line is the one `begin` made
             trace = self.begin(exchange)
             if type(trace) is bytes:
                 return trace
