@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 
 # Request ids: a random per-process prefix and a counter. Unique across workers and restarts, and far
 # cheaper than uuid4 on the hot path.
-_ID_PREFIX = os.urandom(6).hex()
+_ID_FORMAT = os.urandom(6).hex() + "%010x"  # %-formatting one int: cheaper than an f-string with a spec
 _ID_COUNTER = itertools.count(1)
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
+    return _ID_FORMAT % next(_ID_COUNTER)
 
 
 @dataclass(slots=True)
