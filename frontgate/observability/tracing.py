@@ -139,7 +139,7 @@ class Tracer:
             if line[0] == 116 and line.startswith(b"trace"):  # 116: "t", a cheap first test
                 trace = self._continue(ctx, lines)
                 break
-        else:  # a new trace, as most requests start: `_fresh_line` made inline (this runs for every request)
+        else:  # a new trace, as most requests start: `_new_trace` inline (this runs for every request)
             at = self._at
             if at == _FILL:
                 self._random, at = _random_lines(), 0
@@ -150,8 +150,15 @@ class Tracer:
         ctx.trace = trace
         return trace
 
+    def _new_trace(self) -> Trace | bytes:
+        """A new trace, sampled when the low 64 bits of its random id are under the ratio."""
+        line = self._fresh_line()
+        if line[_LOW_HEX] < self._bound_hex:
+            return Trace(int(line[_TRACE_HEX], 16), 0, True, None)
+        return line
+
     def _fresh_line(self) -> bytes:
-        """The traceparent line of a new unsampled trace, with random ids."""
+        """The traceparent line of an unsampled try with random ids."""
         at = self._at
         if at == _FILL:
             self._random, at = _random_lines(), 0
@@ -178,9 +185,7 @@ class Tracer:
             else:  # the caller's trace id, our own span id
                 trace = b"traceparent: 00-%032x" % trace_id + self._fresh_line()[_SPAN_START - 1:]
         else:
-            trace = self._fresh_line()
-            if trace[_LOW_HEX] < self._bound_hex:
-                trace = Trace(int(trace[_TRACE_HEX], 16), 0, True, None)
+            trace = self._new_trace()
         if found:
             # A broken traceparent invalidates the tracestate that came with it (W3C trace context §3.3).
             drop = (b"traceparent: ",) if parent is not None else (b"traceparent: ", b"tracestate: ")
