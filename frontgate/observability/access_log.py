@@ -22,17 +22,57 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any, Literal
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
+from frontgate.observability.tracing import trace_id_hex
+from frontgate.pipeline.context import new_request_id
 
 if TYPE_CHECKING:
     from frontgate.observability.batch import Record
 
 MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed over but not yet written; beyond, lines are dropped
 _REOPEN = b""  # in the writer's queue: close and reopen the file
-_MILLIS = [f".{ms:03d}Z" for ms in range(1001)]  # the time's fraction, made once (1000: a float's rounding)
+PAUSE = 0.05  # seconds the writer thread waits after writing, for more blocks to write at once
+_MAX_BLOCKS = 256  # blocks in one writev (the system allows 1024)
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
+_MAX_SHAPES = 4096  # kinds of request whose pieces are kept; beyond, they are made again
+_NO_OUTCOMES = '"cache":null,"auth_failure":null,"rate_limit":null}\n'
+
+
+def _write_all(fd: int, blocks: list[bytes]) -> None:
+    """One `writev` for all the blocks (again for what a short write left)."""
+    views = [memoryview(block) for block in blocks]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
+
+
+def _shape(consumer: str | None, method: str, host: str, route: str | None, last: list[Any] | None,
+           status: int, grpc_status: int | None, tries: int) -> tuple[str, str, str, str]:
+    """The fixed text between a line's own values, for requests of one kind: what comes before the path,
+    before upstream_us, before bytes_in and before the outcomes."""
+    if last is None:
+        upstream = '"upstream":null,"target":null,"upstream_us":'
+    else:
+        cluster, target = last[0], last[1]
+        upstream = f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":'
+    return (
+        f',"consumer":{_text(consumer)},"method":{_quote(method)},"host":{_quote(host)},"path":',
+        f',"route":{_text(route)},{upstream}',
+        f',"status":{status},"grpc_status":{"null" if grpc_status is None else grpc_status},"bytes_in":',
+        f',"retries":{max(tries - 1, 0)},',
+    )
+
+
+def _outcomes(state: dict[str, Any]) -> str:
+    """The last fields of a line: what plugins noted in `ctx.state`."""
+    return (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
+            f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}}}\n')
 
 
 class _Writer:
@@ -71,26 +111,34 @@ class _Writer:
             self.wake.wait()
             self.wake.clear()
             while self.queue:
-                data, lines = self.queue.popleft()
-                if not data:
+                if not self.queue[0][0]:
+                    self.queue.popleft()
                     self._reopen()
                     continue
+                blocks: list[bytes] = []
+                lines = 0
+                while self.queue and self.queue[0][0] and len(blocks) < _MAX_BLOCKS:
+                    data, count = self.queue.popleft()
+                    blocks.append(data)
+                    lines += count
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(self.fd, view):]
+                    _write_all(self.fd, blocks)
                 except OSError:
                     failed = lines
                 else:
                     failed = 0
                 with self.lock:
-                    self.backlog -= len(data)
+                    self.backlog -= sum(map(len, blocks))
                     self.dropped += failed
             with self.lock:
                 if not self.queue:
                     self.idle.set()
             if self.stopping and not self.queue:
                 return
+            # Let blocks gather: under load the thread takes the GIL a few times per PAUSE instead of for
+            # every block (each time the event loop gives it up costs more than the write itself).
+            if not self.stopping:
+                time.sleep(PAUSE)
 
     def _reopen(self) -> None:
         if self.path is None:
@@ -114,11 +162,14 @@ class AccessLog:
     def __init__(self, path: str | None, fd: int | None) -> None:
         self.enabled = fd is not None or path is not None
         self._writer = _Writer(path, fd if fd is not None else -1) if self.enabled else None
+        # Wall time, checked against the clock once a second: a line's time is its request's monotonic end
+        # plus `_offset`; `_stamp` is the start of the line up to the second, for the second that begins at
+        # `_second_ms` (wall milliseconds).
         self._offset = 0.0
-        self._second = -1
+        self._second_ms = 0
         self._stamp = ""
-        # '"upstream":"name","target":"url","upstream_us":' per target, quoted once (targets are few)
-        self._upstream_fields: dict[object, str] = {}
+        # (consumer, method, host, route name, last target's state, status, grpc status, tries) -> `_shape`
+        self._shapes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
 
     @classmethod
     def from_config(cls, config: AccessLogConfig | Literal[False]) -> AccessLog:
@@ -134,53 +185,65 @@ class AccessLog:
     def dropped(self) -> int:
         return self._writer.dropped if self._writer is not None else 0
 
-    def line(self, record: Record) -> str:
-        """The JSON line of a finished request (see frontgate/observability/batch.py for the record)."""
-        (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, attempts, request_id,
-         trace_id, client_ip, consumer, host, path, state) = record
-        wall = now + self._offset
-        second = int(wall)
-        if second != self._second:
-            wall = self._next_second(now)
-            second = self._second
-        if tries:
-            cluster, target, started, ended, _ = tries[-1]
-            upstream = self._upstream_fields.get(target.state)
-            if upstream is None:
-                upstream = self._upstream_fields[target.state] = (
-                    f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":')
-            where = f"{upstream}{int(((ended or now) - started) * 1e6)}"
-        else:
-            where = '"upstream":null,"target":null,"upstream_us":null'
-        if state:
-            outcomes = (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
-                        f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}')
-        else:
-            outcomes = '"cache":null,"auth_failure":null,"rate_limit":null'
-        return (
-            f'{{"time":"{self._stamp}{_MILLIS[int((wall - second) * 1000)]}",'
-            f'"request_id":{_quote(request_id)},"trace_id":{"null" if trace_id is None else _quote(trace_id)},'
-            f'"client_ip":{_quote(client_ip)},"consumer":{"null" if consumer is None else _quote(consumer)},'
-            f'"method":{_quote(method)},"host":{_quote(host)},"path":{_quote(path)},'
-            f'"route":{"null" if route is None else _quote(route)},{where},"status":{status},'
-            f'"grpc_status":{"null" if grpc_status is None else grpc_status},'
-            f'"bytes_in":{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)},'
-            f'"retries":{attempts - 1 if attempts else 0},{outcomes}}}\n'
-        )
+    def write(self, records: list[Record]) -> None:
+        """Format the JSON lines of finished requests (see frontgate/observability/batch.py for a record) and
+        hand them to the writer thread as one block.
 
-    def _next_second(self, now: float) -> float:
+        One loop for the whole batch, its state in locals. The fields requests of one kind share (method,
+        host, route, target, status...) come as ready-made pieces from `_shapes`, so a line formats only
+        what is its own: time, ids, client, path, sizes and durations."""
+        writer = self._writer
+        if writer is None or not records:
+            return
+        lines: list[str] = []
+        append = lines.append
+        offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
+        shapes = self._shapes
+        if len(shapes) > _MAX_SHAPES:
+            shapes.clear()
+        for (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, request_id, trace,
+             client_ip, consumer, host, path, state) in records:
+            millis = int((now + offset) * 1000.0) - second_ms
+            if not 0 <= millis < 1000:
+                self._next_second(now)
+                offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
+                millis = int((now + offset) * 1000.0) - second_ms
+            if route is not None:
+                route = route.name  # not the route: the key must not keep an old config generation alive
+            if tries:
+                last = tries[-1]
+                upstream_us: int | str = int(((last[3] or now) - last[2]) * 1e6)
+                key = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
+            else:
+                last, upstream_us = None, "null"
+                key = (consumer, method, host, route, None, status, grpc_status, 0)
+            shape = shapes.get(key)
+            if shape is None:
+                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status, len(tries))
+            before_path, before_upstream_us, before_bytes_in, before_outcomes = shape
+            if trace is None:
+                quote, trace_id = "", "null"
+            elif type(trace) is bytes:
+                quote, trace_id = '"', trace[16:48].decode()  # an unsampled trace's line: its trace id
+            else:
+                quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
+            # Ids the gateway made are hex: only one that came from elsewhere needs escaping.
+            request_field = f'"{new_request_id()}"' if request_id is None else _quote(request_id)
+            append(
+                f'{stamp}{_MILLIS[millis]}","request_id":{request_field},"trace_id":{quote}{trace_id}{quote},'
+                f'"client_ip":{_quote(client_ip)}{before_path}{_quote(path)}{before_upstream_us}{upstream_us}'
+                f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)}'
+                f'{before_outcomes}{_outcomes(state) if state else _NO_OUTCOMES}'
+            )
+        writer.submit("".join(lines).encode(), len(lines))
+
+    def _next_second(self, now: float) -> None:
         # Wall time is the request's monotonic end time plus an offset that is checked against the clock
         # once a second: one clock read per second instead of one per line.
         self._offset = time.time() - time.monotonic()
-        wall = now + self._offset
-        self._second = int(wall)
-        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
-        return wall
-
-    def submit(self, lines: list[str]) -> None:
-        """Hand lines to the writer thread as one block."""
-        if lines and self._writer is not None:
-            self._writer.submit("".join(lines).encode(), len(lines))
+        wall_ms = int((now + self._offset) * 1000.0)  # as `write` computes it, so the millis are 0-999
+        self._second_ms = wall_ms - wall_ms % 1000
+        self._stamp = '{"time":"' + time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall_ms // 1000))
 
     def reopen(self) -> None:
         """SIGUSR1: lines handed over so far go to the file being rotated away, later ones to a new file."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.metrics import RequestMetrics
-from frontgate.observability.tracing import Tracer, incoming_trace_id, trace_id_of
+from frontgate.observability.tracing import Tracer, incoming_trace_id
 
 if TYPE_CHECKING:
     from frontgate.server.exchange import Exchange
@@ -31,9 +31,10 @@ log = logging.getLogger("frontgate.observability")
 FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logged
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
-# (end, start, route name | None, method, status, tries, bytes in, bytes out, grpc status | None, attempts,
-#  request id, trace id | None, client ip, consumer | None, host, path, ctx.state); times are monotonic
-# seconds. The last eight are filled only when the access log is on.
+# (end, start, route | None, method, status, tries, bytes in, bytes out, grpc status | None, request id | None,
+#  trace | None, client ip, consumer | None, host, path, ctx.state); times are monotonic seconds, tries are
+# `ctx.tries`. The last seven are filled only when the access log is on. The trace is `ctx.trace` with tracing
+# on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
 Record = tuple[Any, ...]
 
 
@@ -47,22 +48,24 @@ class Observations:
         self._pending: list[Record] = []
 
     def add(self, exchange: Exchange) -> None:
+        """At the end of each request: only copy what the batch needs (the request's cost is here)."""
         now = time.monotonic()
         ctx = exchange.ctx
-        if self._tracer is not None and type(ctx.trace) is not int:  # an int: decided, not sampled
+        trace = ctx.trace
+        if type(trace) is not bytes and self._tracer is not None:  # bytes: decided, not sampled
             self._tracer.finish(exchange, now)
-        route = exchange.route
-        if self._access_log is None:
-            record: Record = (now, ctx.started, route.name if route is not None else None, ctx.method,
-                              exchange.status, ctx.tries, exchange.body_bytes, exchange.bytes_out,
-                              exchange.grpc_status)
-        else:
             trace = ctx.trace
-            record = (now, ctx.started, route.name if route is not None else None, ctx.method, exchange.status,
-                      ctx.tries, exchange.body_bytes, exchange.bytes_out, exchange.grpc_status, exchange.attempts,
-                      ctx.request_id,
-                      f"{trace_id_of(trace):032x}" if trace is not None else incoming_trace_id(ctx.header_lines()),
-                      ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
+        if self._access_log is not None:
+            record: Record = (
+                now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
+                exchange.bytes_out, exchange.grpc_status, ctx.request_id_made,
+                trace if self._tracer is not None else incoming_trace_id(ctx.header_lines()),
+                ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
+        elif self._metrics is not None:
+            record = (now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
+                      exchange.bytes_out, exchange.grpc_status)
+        else:
+            return  # tracing alone: nothing to batch
         pending = self._pending
         pending.append(record)
         if len(pending) == 1:
@@ -77,11 +80,8 @@ class Observations:
         self._pending = []
         try:
             if self._metrics is not None:
-                record = self._metrics.record
-                for item in pending:
-                    record(item)
+                self._metrics.count(pending)
             if self._access_log is not None:
-                line = self._access_log.line
-                self._access_log.submit([line(item) for item in pending])
+                self._access_log.write(pending)
         except Exception:  # accounting must never break serving
             log.exception("could not account for %d requests", len(pending))

@@ -42,11 +42,14 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else "none"
 
 
+# Counts that follow from the histogram are not kept apart: a series' count is the sum of its buckets (and
+# an attempt series' ok count that sum less its errors), one addition fewer per request.
+
+
 class RequestSeries:
-    __slots__ = ("buckets", "bytes_in", "bytes_out", "count", "total")
+    __slots__ = ("buckets", "bytes_in", "bytes_out", "total")
 
     def __init__(self) -> None:
-        self.count = 0
         self.total = 0.0
         self.buckets = [0] * _BUCKETS
         self.bytes_in = 0
@@ -54,10 +57,9 @@ class RequestSeries:
 
 
 class AttemptSeries:
-    __slots__ = ("buckets", "errors", "ok", "total")
+    __slots__ = ("buckets", "errors", "total")
 
     def __init__(self) -> None:
-        self.ok = 0
         self.errors = 0
         self.total = 0.0
         self.buckets = [0] * _BUCKETS
@@ -76,36 +78,38 @@ class RequestMetrics:
         # (route, upstream, grpc-status code) -> responses; only gRPC responses are counted here
         self._grpc: dict[tuple[str, str, int], int] = {}
 
-    def record(self, record: Record) -> None:
-        now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
-        upstream = NO_UPSTREAM
-        if tries:
-            attempts = self._attempts
-            for cluster, target, started, ended, ok in tries:
-                series = attempts.get(target.state)
-                if series is None:
-                    series = self._new_attempt_series(cluster, target)
-                elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
-                if ok:
-                    series.ok += 1
-                else:
-                    series.errors += 1
-                series.total += elapsed
-                series.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-            upstream = tries[-1][0].name
-        key = (route or NO_ROUTE, method, status, upstream)
-        request = self._shortcuts.get(key)
-        if request is None:
-            request = self._new_request_series(key)
-        elapsed = now - started_at
-        request.count += 1
-        request.total += elapsed
-        request.buckets[bisect_left(LATENCY_BOUNDS, elapsed)] += 1
-        request.bytes_in += bytes_in
-        request.bytes_out += bytes_out
-        if grpc_status is not None:
-            grpc_key = (route or NO_ROUTE, upstream, grpc_status)
-            self._grpc[grpc_key] = self._grpc.get(grpc_key, 0) + 1
+    def count(self, records: list[Record]) -> None:
+        """Count a batch of finished requests (see frontgate/observability/batch.py for a record)."""
+        shortcuts, attempts, grpc, bounds = self._shortcuts, self._attempts, self._grpc, LATENCY_BOUNDS
+        for record in records:
+            now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
+            route_name = route.name if route is not None else NO_ROUTE
+            if tries:
+                for cluster, target, started, ended, ok in tries:
+                    series = attempts.get(target.state)
+                    if series is None:
+                        series = self._new_attempt_series(cluster, target)
+                    elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
+                    if not ok:
+                        series.errors += 1
+                    series.total += elapsed
+                    series.buckets[bisect_left(bounds, elapsed)] += 1
+                upstream = tries[-1][0].name
+            else:
+                upstream = NO_UPSTREAM
+            key = (route_name, method, status, upstream)
+            request = shortcuts.get(key)
+            if request is None:
+                request = self._new_request_series(key)
+            elapsed = now - started_at
+            request.total += elapsed
+            request.buckets[bisect_left(bounds, elapsed)] += 1
+            if bytes_in:
+                request.bytes_in += bytes_in
+            request.bytes_out += bytes_out
+            if grpc_status is not None:
+                grpc_key = (route_name, upstream, grpc_status)
+                grpc[grpc_key] = grpc.get(grpc_key, 0) + 1
 
     def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:
         route, method, status, upstream = key
@@ -135,7 +139,7 @@ class RequestMetrics:
         sent = out.family("frontgate_response_body_bytes", "counter", "Response body bytes sent, by route.",
                           ("route",))
         for key, series in self._series.items():
-            requests.add(key, float(series.count))
+            requests.add(key, float(sum(series.buckets)))
             durations.add(key, histogram_value(series.buckets, series.total))
             received.add((key[0],), float(series.bytes_in))
             sent.add((key[0],), float(series.bytes_out))
@@ -148,7 +152,7 @@ class RequestMetrics:
                                        target_labels, bounds=LATENCY_BOUNDS)
         for state, attempt in self._attempts.items():
             upstream, url = self._target_labels[state]
-            attempts.add((upstream, url, "ok"), float(attempt.ok))
+            attempts.add((upstream, url, "ok"), float(sum(attempt.buckets) - attempt.errors))
             attempts.add((upstream, url, "error"), float(attempt.errors))
             attempt_durations.add((upstream, url), histogram_value(attempt.buckets, attempt.total))
         grpc = out.family("frontgate_grpc_responses", "counter",

@@ -8,11 +8,16 @@ its parent upstream; `tracestate` passes through untouched), and for a sampled r
 queue. Span objects, attributes and protobuf are made by the export thread. Unsampled requests are still
 propagated (flag 00), so an upstream that samples on its own keeps the same trace id. With tracing off
 nothing here runs: an incoming `traceparent` is forwarded as any other header.
+
+Most requests start an unsampled trace, so that case makes no number and formats nothing: its ids are
+random hex cut, as a whole `traceparent` line, from a buffer of such lines made in bulk (`_random_lines`),
+and the line is all the request keeps of its trace (`ctx.trace`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -30,9 +35,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("frontgate.tracing")
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_MASK_64 = (1 << 64) - 1
 _SAMPLED_LINE = b"traceparent: 00-%032x-%016x-01\r\n"
-_UNSAMPLED_LINE = b"traceparent: 00-%032x-%016x-00\r\n"
+# An unsampled try's line; "x" marks where random hex goes. Slices of such a line:
+_UNSAMPLED_TEMPLATE = b"traceparent: 00-" + b"x" * 32 + b"-" + b"x" * 16 + b"-00\r\n"
+_LINE = len(_UNSAMPLED_TEMPLATE)
+_TRACE_HEX = slice(16, 48)  # the trace id
+_LOW_HEX = slice(32, 48)  # its low 64 bits, which sampling looks at
+_SPAN_START = 49  # the try's span id and the flags follow; everything before is the trace's
+_LINES_PER_FILL = 512
+_FILL = _LINE * _LINES_PER_FILL
 EXPORT_EVERY = 1.0  # seconds between batches when traffic is light
 BATCH = 512  # spans per export request; a full batch wakes the exporter early
 MAX_QUEUE = 4096  # requests waiting for export; beyond, spans are dropped and counted
@@ -55,8 +66,27 @@ class Trace:
         self.client_ids: list[int] = []  # the client span of each try, by try index (0: not sent)
 
 
-def trace_id_of(trace: Trace | int) -> int:
-    return trace.trace_id if isinstance(trace, Trace) else trace
+def trace_id_hex(trace: Trace | bytes) -> str:
+    """The 32 hex digits of a request's trace id (`ctx.trace`: its Trace, or the line of an unsampled one)."""
+    if isinstance(trace, bytes):
+        return trace[_TRACE_HEX].decode("ascii")
+    return f"{trace.trace_id:032x}"
+
+
+def _random_lines() -> bytes:
+    """`_LINES_PER_FILL` traceparent lines of unsampled tries with fresh random ids: random hex for whole lines
+    at once, then the fixed characters written over it column by column (C-level slice assignments), so a
+    try costs one slice instead of making random numbers and formatting them."""
+    count = _LINES_PER_FILL
+    while True:
+        lines = bytearray(os.urandom(_LINE * count // 2).hex().encode())
+        for column, char in enumerate(_UNSAMPLED_TEMPLATE):
+            if char != 120:  # "x"
+                lines[column::_LINE] = bytes((char,)) * count
+        # All-zero ids are invalid (W3C trace context 3.2.2.3): made again in the unlikely case that any
+        # 16 hex digits in a row are zeros (about once in 10^15 fills).
+        if lines.find(b"0" * 16) < 0:
+            return bytes(lines)
 
 
 def parse_traceparent(value: bytes) -> tuple[int, int, int] | None:
@@ -85,7 +115,14 @@ def incoming_trace_id(lines: list[bytes]) -> str | None:
 class Tracer:
     def __init__(self, config: Tracing) -> None:
         self.config = config
-        self._bound = round(config.sample_ratio * (1 << 64))
+        bound = round(config.sample_ratio * (1 << 64))
+        # A new trace is sampled when its trace id's low 64 bits are under `bound`; compared as 16 hex
+        # digits (fixed-width lowercase hex sorts as the numbers do; b"g" is above all of them: ratio 1).
+        self._bound_hex = b"%016x" % bound if bound < 1 << 64 else b"g"
+        # Lines with random ids (`_random_lines`) and where the next one starts; filled on first use, so
+        # forked workers never share ids.
+        self._random = b""
+        self._at = _FILL
         self._exporter = SpanExporter(config)
         self.dropped = 0
 
@@ -93,20 +130,42 @@ class Tracer:
     def from_config(cls, config: Tracing | None) -> Tracer | None:
         return cls(config) if config is not None else None
 
-    def begin(self, exchange: Exchange) -> Trace | int:
+    def begin(self, exchange: Exchange) -> Trace | bytes:
         """Read the caller's trace context (taking its traceparent out of the forwarded headers: each try
-        gets its own) and decide sampling. An unsampled trace is kept as just its id, an int."""
+        gets its own) and decide sampling. An unsampled trace is kept as its first try's traceparent line."""
         ctx = exchange.ctx
         lines = ctx.header_lines()
-        if b"\ntrace" in b"\n" + b"".join(lines):  # one C-level search; a false hit only costs the slow path
-            trace = self._continue(ctx, lines)
-        else:
-            trace_id = getrandbits(128) or 1
-            trace = Trace(trace_id, 0, True, None) if (trace_id & _MASK_64) < self._bound else trace_id
+        for line in lines:
+            if line[0] == 116 and line.startswith(b"trace"):  # 116: "t", a cheap first test
+                trace = self._continue(ctx, lines)
+                break
+        else:  # a new trace, as most requests start: `_new_trace` inline (this runs for every request)
+            at = self._at
+            if at == _FILL:
+                self._random, at = _random_lines(), 0
+            self._at = at + _LINE
+            trace = self._random[at:at + _LINE]
+            if trace[_LOW_HEX] < self._bound_hex:
+                trace = Trace(int(trace[_TRACE_HEX], 16), 0, True, None)
         ctx.trace = trace
         return trace
 
-    def _continue(self, ctx: RequestContext, lines: list[bytes]) -> Trace | int:
+    def _new_trace(self) -> Trace | bytes:
+        """A new trace, sampled when the low 64 bits of its random id are under the ratio."""
+        line = self._fresh_line()
+        if line[_LOW_HEX] < self._bound_hex:
+            return Trace(int(line[_TRACE_HEX], 16), 0, True, None)
+        return line
+
+    def _fresh_line(self) -> bytes:
+        """The traceparent line of an unsampled try with random ids."""
+        at = self._at
+        if at == _FILL:
+            self._random, at = _random_lines(), 0
+        self._at = at + _LINE
+        return self._random[at:at + _LINE]
+
+    def _continue(self, ctx: RequestContext, lines: list[bytes]) -> Trace | bytes:
         """The request carries trace context: follow it when it is valid."""
         parent = None
         found = False
@@ -118,13 +177,15 @@ class Tracer:
                     found = True
             elif line.startswith(b"tracestate: "):
                 states.append(line[12:-2].decode("latin-1").strip())
-        trace: Trace | int
+        trace: Trace | bytes
         if parent is not None:
             trace_id, parent_id, flags = parent
-            trace = Trace(trace_id, parent_id, True, ",".join(states) or None) if flags & 1 else trace_id
+            if flags & 1:
+                trace = Trace(trace_id, parent_id, True, ",".join(states) or None)
+            else:  # the caller's trace id, our own span id
+                trace = b"traceparent: 00-%032x" % trace_id + self._fresh_line()[_SPAN_START - 1:]
         else:
-            trace_id = getrandbits(128) or 1
-            trace = Trace(trace_id, 0, True, None) if (trace_id & _MASK_64) < self._bound else trace_id
+            trace = self._new_trace()
         if found:
             # A broken traceparent invalidates the tracestate that came with it (W3C trace context §3.3).
             drop = (b"traceparent: ",) if parent is not None else (b"traceparent: ", b"tracestate: ")
@@ -134,10 +195,12 @@ class Tracer:
     def upstream_traceparent(self, exchange: Exchange) -> bytes:
         """The `traceparent` header line of the try being sent: its client span is the upstream's parent."""
         trace = exchange.ctx.trace
-        if trace is None:
+        if trace is None:  # the first try: an unsampled trace's line is the one `begin` made
             trace = self.begin(exchange)
-        if type(trace) is int:  # unsampled: a fresh span id for the upstream, remembered nowhere
-            return _UNSAMPLED_LINE % (trace, getrandbits(64) or 1)
+            if type(trace) is bytes:
+                return trace
+        elif type(trace) is bytes:  # another try of an unsampled trace: the same trace id, a fresh span id
+            return trace[:_SPAN_START] + self._fresh_line()[_SPAN_START:]
         assert isinstance(trace, Trace)
         span_id = getrandbits(64) or 1
         ids = trace.client_ids
@@ -152,7 +215,7 @@ class Tracer:
         trace = exchange.ctx.trace
         if trace is None:
             trace = self.begin(exchange)
-        if type(trace) is int:
+        if type(trace) is bytes:  # not sampled
             return
         assert isinstance(trace, Trace)
         exporter = self._exporter

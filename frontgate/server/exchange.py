@@ -311,8 +311,9 @@ class Exchange:
             self.fail(CircuitOpen())
             return
         self.attempts += 1
-        if ctx.tries is not None:
-            ctx.tries.append([cluster, target, time.monotonic(), 0.0, False])
+        tries = ctx.tries
+        if tries is not None:
+            tries.append([cluster, target, time.monotonic(), 0.0, False])
         self.target = target
         self.target_url = target.url
         self._tried.append(target)

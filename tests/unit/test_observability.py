@@ -3,13 +3,18 @@ families, percentiles from histograms, the Prometheus text, and what /config red
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from frontgate.admin.redact import REDACTED, redact
+from frontgate.config.schema import Tracing
 from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, quantile, render_prometheus
 from frontgate.observability.metrics import method_class, status_class
-from frontgate.observability.tracing import incoming_trace_id, parse_traceparent
+from frontgate.observability.tracing import Trace, Tracer, _random_lines, incoming_trace_id, parse_traceparent
+from frontgate.pipeline.context import RequestContext
 
 VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -41,6 +46,50 @@ def test_the_access_log_reads_the_trace_id_of_the_request_lines() -> None:
     lines = [b"host: x\r\n", b"traceparent: " + VALID + b"\r\n"]
     assert incoming_trace_id(lines) == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert incoming_trace_id([b"host: x\r\n", b"te: trailers\r\n"]) is None
+
+
+def test_new_traces_get_valid_unsampled_traceparent_lines_with_distinct_ids() -> None:
+    lines = _random_lines()
+    assert len(lines) % 70 == 0
+    cut = [lines[at:at + 70] for at in range(0, len(lines), 70)]
+    for line in cut:
+        assert line.startswith(b"traceparent: ") and line.endswith(b"\r\n")
+        parsed = parse_traceparent(line[13:-2])
+        assert parsed is not None and parsed[2] == 0  # valid ids (never all zeros), flag 00
+    assert len({line[16:48] for line in cut}) == len(cut)
+
+
+def _exchange(*lines: bytes) -> Any:
+    ctx = RequestContext("GET", "/", b"", None, "x", "127.0.0.1", "127.0.0.1", "http", "1.1", list(lines))
+    return SimpleNamespace(ctx=ctx, attempts=1)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_new_traces_are_sampled_by_the_ratio_and_retries_keep_the_trace(ratio: float) -> None:
+    tracer = Tracer(Tracing(otlp_endpoint="http://127.0.0.1:9", sample_ratio=ratio))
+    try:
+        exchange = _exchange(b"host: x\r\n")
+        first = tracer.upstream_traceparent(exchange)
+        exchange.attempts = 2
+        second = tracer.upstream_traceparent(exchange)
+        assert isinstance(exchange.ctx.trace, Trace if ratio else bytes)
+        flags = b"-01\r\n" if ratio else b"-00\r\n"
+        assert first.endswith(flags) and second.endswith(flags)
+        assert first[:49] == second[:49] and first[49:65] != second[49:65]  # same trace, a span per try
+    finally:
+        tracer.close()
+
+
+def test_an_unsampled_caller_keeps_its_trace_id_and_gets_our_span_id() -> None:
+    tracer = Tracer(Tracing(otlp_endpoint="http://127.0.0.1:9", sample_ratio=1.0))
+    try:
+        exchange = _exchange(b"host: x\r\n", b"traceparent: " + VALID[:-2] + b"00\r\n")
+        line = tracer.upstream_traceparent(exchange)
+        assert line.startswith(b"traceparent: " + VALID[:36]) and line.endswith(b"-00\r\n")
+        assert line[36:52] != VALID[36:52]
+        assert exchange.ctx.header_lines() == [b"host: x\r\n"]  # the caller's own line is not forwarded
+    finally:
+        tracer.close()
 
 
 def test_labels_are_folded_into_bounded_classes() -> None:
