@@ -1,9 +1,9 @@
 """The access log: one JSON line per request, to stdout, stderr or a file; the format is in docs/access-log.md.
 
 Lines are formatted in batches (frontgate/observability/batch.py: at most 100 ms or 256 requests after
-they ended; string escapes in C, the time prefix made once a second) and handed as one block to a writer
-thread, which does the `write` calls, so a slow disk or a reader that stops reading a pipe never stalls
-the event loop. If the writer falls more than `MAX_BACKLOG` bytes behind, blocks are dropped and counted
+they ended; string escapes in C, the time prefix made once a second, the text requests of one kind share
+made once) and handed as one block to a writer thread, which does the `write` calls, so a slow disk or a
+reader that stops reading a pipe never stalls the event loop. If the writer falls more than `MAX_BACKLOG` bytes behind, blocks are dropped and counted
 (`frontgate_access_log_dropped_lines_total`) rather than held without limit.
 
 A file is opened with O_APPEND and reopened on SIGUSR1, after log rotation moved it away (the same
@@ -223,9 +223,7 @@ class AccessLog:
             before_path, before_upstream_us, before_bytes_in, before_outcomes = shape
             if trace is None:
                 quote, trace_id = "", "null"
-            elif type(trace) is bytes:
-                quote, trace_id = '"', trace[16:48].decode()  # an unsampled trace's line: its trace id
-            else:
+            else:  # with tracing off, the caller's trace id (a str)
                 quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
             # Ids the gateway made are hex: only one that came from elsewhere needs escaping.
             request_field = f'"{new_request_id()}"' if request_id is None else _quote(request_id)
