@@ -3,8 +3,9 @@
 Lines are formatted in batches (frontgate/observability/batch.py: at most 100 ms or 256 requests after
 they ended; string escapes in C, the time prefix made once a second, the text requests of one kind share
 made once) and handed as one block to a writer thread, which does the `write` calls, so a slow disk or a
-reader that stops reading a pipe never stalls the event loop. If the writer falls more than `MAX_BACKLOG` bytes behind, blocks are dropped and counted
-(`frontgate_access_log_dropped_lines_total`) rather than held without limit.
+reader that stops reading a pipe never stalls the event loop. If the writer falls more than `MAX_BACKLOG`
+bytes behind, blocks are dropped and counted (`frontgate_access_log_dropped_lines_total`) rather than held
+without limit.
 
 A file is opened with O_APPEND and reopened on SIGUSR1, after log rotation moved it away (the same
 contract as nginx's USR1): lines handed over before the signal go to the old file, later ones to the new.
