@@ -27,7 +27,7 @@ from frontgate.config.schema import Methods, Route
 from frontgate.errors import HttpError
 from frontgate.pipeline.context import HookResult, RequestContext, RequestHook, RequestSummary
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, key_function
+from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, ip_key_prefix, key_function
 from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
 from frontgate.store.base import MICROS, ceil_seconds
 
@@ -216,11 +216,16 @@ class RateLimitPlugin(Plugin):
         applicable = self._other
         if self._by_method or self._memory is None or applicable is None or applicable.only_rule is None:
             return self.on_request
-        return self._in_memory_hook(applicable, applicable.only_rule, self._memory)
+        limit = self.config.limits[0]  # the only one (only_rule), and it applies to every method
+        ip_prefix = ip_key_prefix(limit.name) if limit.key == "ip" else None
+        return self._in_memory_hook(applicable, applicable.only_rule, self._memory, ip_prefix)
 
-    def _in_memory_hook(self, applicable: Applicable, rule: RateRule, memory: MemoryStore) -> RequestHook:
-        """The common case compiled lean: one limit for every method, in the in-process store. A request it
-        would refuse goes through `on_request` (nothing was consumed), which says why."""
+    def _in_memory_hook(
+        self, applicable: Applicable, rule: RateRule, memory: MemoryStore, ip_prefix: bytes | None
+    ) -> RequestHook:
+        """The common case compiled lean: one limit for every method, in the in-process store, its key built
+        inline when it is the client address. A request it would refuse goes through `on_request` (nothing
+        was consumed), which says why."""
         key = applicable.keys[0]
         counters = applicable.counters[0]
         admit = memory.admitter(rule)
@@ -231,7 +236,7 @@ class RateLimitPlugin(Plugin):
         full_check = self.on_request
 
         def rate_limit_in_memory(ctx: RequestContext) -> HookResult:
-            reset_us = admit(key(ctx))
+            reset_us = admit(key(ctx) if ip_prefix is None else ip_prefix + ctx.client_ip.encode())
             if not reset_us:
                 return full_check(ctx)
             counters.admitted += 1

@@ -48,7 +48,7 @@ def _value(value: bytes) -> bytes:
 
 
 def _by_ip(prefix: bytes) -> KeyFunction:
-    prefix = prefix + b"ip:"
+    prefix = prefix + b"ip:"  # as ip_key_prefix
 
     def key(ctx: RequestContext) -> bytes:
         return prefix + ctx.client_ip.encode()
@@ -65,8 +65,18 @@ def _claim(claims: dict[str, Any] | None, path: list[str]) -> Any:
     return value
 
 
+def _prefix(limit_name: str) -> bytes:
+    return b"fg:rl:" + limit_name.encode() + b":"
+
+
+def ip_key_prefix(limit_name: str) -> bytes:
+    """What an `ip` key of this limit starts with (the client address follows), for a caller that builds the
+    key inline."""
+    return _prefix(limit_name) + b"ip:"
+
+
 def key_function(limit_name: str, spec: str, api_key_header: bytes) -> KeyFunction:
-    prefix = b"fg:rl:" + limit_name.encode() + b":"
+    prefix = _prefix(limit_name)
     by_ip = _by_ip(prefix)
     if spec == "ip":
         return by_ip

@@ -55,6 +55,13 @@ log = logging.getLogger("frontgate.connection")
 # hop-by-hop but inspected: a WebSocket handshake is relayed (frontgate/server/websocket.py).
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
+# The three sorts above as one lookup per field (most fields are none of them, and are forwarded).
+_FRAMING, _FORWARDING, _DROP = 1, 2, 3
+_FIELD_SORT = {
+    **{name: _DROP for name in _DROPPED},
+    **{name: _FORWARDING for name in FORWARDING_FIELDS},
+    **{name: _FRAMING for name in _FRAMING_FIELDS},  # framing wins: Connection and Upgrade are inspected
+}
 _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 _NO_FRAMING = RequestFraming(None, False, None, False, False, frozenset())
@@ -203,12 +210,13 @@ class HttpConnection(asyncio.Protocol):
         if self._header_count > self._limits.max_headers or self._head_bytes > self._limits.max_header_bytes:
             self._raise(HeadersTooLarge())
         name = name.lower()
-        if name in _FRAMING_FIELDS:
-            self._framing_fields.append((name, value))
-        elif name in FORWARDING_FIELDS:
-            self._forwarding_fields.append((name, value))
-        elif name not in _DROPPED:
+        sort = _FIELD_SORT.get(name)
+        if sort is None:
             self._lines.append(name + b": " + value + b"\r\n")
+        elif sort == _FRAMING:
+            self._framing_fields.append((name, value))
+        elif sort == _FORWARDING:
+            self._forwarding_fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
