@@ -303,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             host = host_without_port(host_field)
         cache_key = (method, host, raw_path)
-        cached = runtime.route_cache.get(cache_key)
+        cached = None if runtime.routes_on_headers else runtime.route_cache.get(cache_key)
         if cached is None:
             path = normalize_path(raw_path)
             route: CompiledRoute | None = None
@@ -330,20 +330,15 @@ class HttpConnection(asyncio.Protocol):
             lines += self._forwarding_lines
 
         if route is None:
-            if runtime.routes_on_headers:
-                try:
-                    route = runtime.router.match(method, host, path, ctx.headers)
-                except (NotFound, MethodNotAllowed) as error:
-                    return Exchange(self, runtime, ctx, framing, None, error)
-            else:
-                try:
-                    route = runtime.router.match(method, host, path, ())
-                except (NotFound, MethodNotAllowed) as error:
-                    return Exchange(self, runtime, ctx, framing, None, error)
-                if len(raw_path) <= _CACHED_PATH_BYTES:  # long, rare paths would only crowd the cache
-                    if len(runtime.route_cache) >= ROUTE_CACHE_SIZE:
-                        runtime.route_cache.clear()  # crude but bounded: a hot set refills it at once
-                    runtime.route_cache[cache_key] = (path, route)
+            on_headers = runtime.routes_on_headers
+            try:
+                route = runtime.router.match(method, host, path, ctx.headers if on_headers else ())
+            except (NotFound, MethodNotAllowed) as error:
+                return Exchange(self, runtime, ctx, framing, None, error)
+            if not on_headers and len(raw_path) <= _CACHED_PATH_BYTES:  # long, rare paths would crowd the cache
+                if len(runtime.route_cache) >= ROUTE_CACHE_SIZE:
+                    runtime.route_cache.clear()  # crude but bounded: a hot set refills it at once
+                runtime.route_cache[cache_key] = (path, route)
         ctx.route = route
         if framing.content_length is not None and framing.content_length > route.max_body_bytes:
             raise PayloadTooLarge()  # before reading a byte of it
