@@ -23,7 +23,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any, Literal
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
-from frontgate.observability.tracing import trace_id_hex
+from frontgate.observability.tracing import TRACE_HEX, trace_id_hex
 from frontgate.pipeline.context import new_request_id
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _MAX_BLOCKS = 256  # blocks in one writev (the system allows 1024)
 _MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
 _MAX_SHAPES = 4096  # kinds of request whose pieces are kept; beyond, they are made again
 _NO_OUTCOMES = '"cache":null,"auth_failure":null,"rate_limit":null}\n'
+_LIMIT_OK = '"cache":null,"auth_failure":null,"rate_limit":"ok"}\n'  # the other common case
 
 
 def _write_all(fd: int, blocks: list[bytes]) -> None:
@@ -70,10 +71,12 @@ def _shape(consumer: str | None, method: str, host: str, route: str | None, last
     )
 
 
-def _outcomes(state: dict[str, Any]) -> str:
-    """The last fields of a line: what plugins noted in `ctx.state`."""
+def _outcomes(state: dict[str, Any] | None, limit: Any) -> str:
+    """The last fields of a line: what plugins noted in `ctx.state`, and the rate limit's decision."""
+    if state is None:
+        state = {}
     return (f'"cache":{_text(state.get("cache"))},"auth_failure":{_text(state.get("auth_failure"))},'
-            f'"rate_limit":{_text(_limit_outcome(state.get("rate_limit")))}}}\n')
+            f'"rate_limit":{_text(_limit_outcome(limit))}}}\n')
 
 
 class _Writer:
@@ -203,7 +206,7 @@ class AccessLog:
         if len(shapes) > _MAX_SHAPES:
             shapes.clear()
         for (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, request_id, trace,
-             client_ip, consumer, host, path, state) in records:
+             client_ip, consumer, host, path, state, limit) in records:
             millis = int((now + offset) * 1000.0) - second_ms
             if not 0 <= millis < 1000:
                 self._next_second(now)
@@ -224,15 +227,21 @@ class AccessLog:
             before_path, before_upstream_us, before_bytes_in, before_outcomes = shape
             if trace is None:
                 quote, trace_id = "", "null"
+            elif type(trace) is bytes:  # an unsampled trace's traceparent line
+                quote, trace_id = '"', trace[TRACE_HEX].decode()
             else:  # with tracing off, the caller's trace id (a str)
                 quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
+            if state or limit is not None:
+                outcomes = _LIMIT_OK if not state and limit[1].allowed else _outcomes(state, limit)
+            else:
+                outcomes = _NO_OUTCOMES
             # Ids the gateway made are hex: only one that came from elsewhere needs escaping.
             request_field = f'"{new_request_id()}"' if request_id is None else _quote(request_id)
             append(
                 f'{stamp}{_MILLIS[millis]}","request_id":{request_field},"trace_id":{quote}{trace_id}{quote},'
                 f'"client_ip":{_quote(client_ip)}{before_path}{_quote(path)}{before_upstream_us}{upstream_us}'
                 f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)}'
-                f'{before_outcomes}{_outcomes(state) if state else _NO_OUTCOMES}'
+                f'{before_outcomes}{outcomes}'
             )
         writer.submit("".join(lines).encode(), len(lines))
 

@@ -32,8 +32,8 @@ FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logge
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
 # (end, start, route | None, method, status, tries, bytes in, bytes out, grpc status | None, request id | None,
-#  trace | None, client ip, consumer | None, host, path, ctx.state); times are monotonic seconds, tries are
-# `ctx.tries`. The last seven are filled only when the access log is on. The trace is `ctx.trace` with tracing
+#  trace | None, client ip, consumer | None, host, path, ctx.state, ctx.rate_limit); times are monotonic seconds,
+# tries are `ctx.tries`. The last eight are filled only when the access log is on. The trace is `ctx.trace` with tracing
 # on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
 Record = tuple[Any, ...]
 
@@ -59,8 +59,9 @@ class Observations:
             record: Record = (
                 now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
                 exchange.bytes_out, exchange.grpc_status, ctx.request_id_made,
-                trace if self._tracer is not None else incoming_trace_id(ctx.header_lines()),
-                ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state)
+                trace if self._tracer is not None else (
+                    incoming_trace_id(ctx.header_lines()) if ctx.trace_context else None),
+                ctx.client_ip, ctx.consumer, ctx.host, ctx.path, ctx.state, ctx.rate_limit)
         elif self._metrics is not None:
             record = (now, ctx.started, exchange.route, ctx.method, exchange.status, ctx.tries, exchange.body_bytes,
                       exchange.bytes_out, exchange.grpc_status)

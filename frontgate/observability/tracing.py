@@ -39,7 +39,7 @@ _SAMPLED_LINE = b"traceparent: 00-%032x-%016x-01\r\n"
 # An unsampled try's line; "x" marks where random hex goes. Slices of such a line:
 _UNSAMPLED_TEMPLATE = b"traceparent: 00-" + b"x" * 32 + b"-" + b"x" * 16 + b"-00\r\n"
 _LINE = len(_UNSAMPLED_TEMPLATE)
-_TRACE_HEX = slice(16, 48)  # the trace id
+TRACE_HEX = slice(16, 48)  # the trace id
 _LOW_HEX = slice(32, 48)  # its low 64 bits, which sampling looks at
 _SPAN_START = 49  # the try's span id and the flags follow; everything before is the trace's
 _LINES_PER_FILL = 512
@@ -69,7 +69,7 @@ class Trace:
 def trace_id_hex(trace: Trace | bytes) -> str:
     """The 32 hex digits of a request's trace id (`ctx.trace`: its Trace, or the line of an unsampled one)."""
     if isinstance(trace, bytes):
-        return trace[_TRACE_HEX].decode("ascii")
+        return trace[TRACE_HEX].decode("ascii")
     return f"{trace.trace_id:032x}"
 
 
@@ -134,27 +134,26 @@ class Tracer:
         """Read the caller's trace context (taking its traceparent out of the forwarded headers: each try
         gets its own) and decide sampling. An unsampled trace is kept as its first try's traceparent line."""
         ctx = exchange.ctx
-        lines = ctx.header_lines()
-        for line in lines:
-            if line[0] == 116 and line.startswith(b"trace"):  # 116: "t", a cheap first test
-                trace = self._continue(ctx, lines)
-                break
-        else:  # a new trace, as most requests start: `_new_trace` inline (this runs for every request)
-            at = self._at
-            if at == _FILL:
-                self._random, at = _random_lines(), 0
-            self._at = at + _LINE
-            trace = self._random[at:at + _LINE]
-            if trace[_LOW_HEX] < self._bound_hex:
-                trace = Trace(int(trace[_TRACE_HEX], 16), 0, True, None)
-        ctx.trace = trace
+        if ctx.trace_context:
+            lines = ctx.header_lines()
+            for line in lines:
+                if line[0] == 116 and line.startswith(b"trace"):  # 116: "t", a cheap first test
+                    ctx.trace = trace = self._continue(ctx, lines)
+                    return trace
+        # A new trace, as most requests start: `_new_trace` inline (this runs for every request).
+        at = self._at
+        if at == _FILL:
+            self._random, at = _random_lines(), 0
+        self._at = at + _LINE
+        line = self._random[at:at + _LINE]
+        ctx.trace = trace = Trace(int(line[TRACE_HEX], 16), 0, True, None) if line[_LOW_HEX] < self._bound_hex else line
         return trace
 
     def _new_trace(self) -> Trace | bytes:
         """A new trace, sampled when the low 64 bits of its random id are under the ratio."""
         line = self._fresh_line()
         if line[_LOW_HEX] < self._bound_hex:
-            return Trace(int(line[_TRACE_HEX], 16), 0, True, None)
+            return Trace(int(line[TRACE_HEX], 16), 0, True, None)
         return line
 
     def _fresh_line(self) -> bytes:

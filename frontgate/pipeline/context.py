@@ -26,6 +26,16 @@ def new_request_id() -> str:
     return _ID_FORMAT % next(_ID_COUNTER)
 
 
+def _new_id_prefix() -> None:
+    """Workers are forked after this module is imported: each needs a prefix of its own."""
+    global _ID_FORMAT, _ID_COUNTER
+    _ID_FORMAT = os.urandom(6).hex() + "%010x"
+    _ID_COUNTER = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 @dataclass(slots=True)
 class Reply:
     """A response a plugin (or the gateway) answers itself, without the upstream."""
@@ -70,11 +80,17 @@ class RequestContext:
     # for a plugin that only adds fields, and written as they are.
     response_lines_add: list[bytes] | None = None
     state: dict[str, Any] | None = None
+    # The rate_limit plugin's decision, (its Applicable, its Verdict), for the access log: an attribute, not
+    # a `state` entry, because it is set on every limited request (no dict to make).
+    rate_limit: tuple[Any, Any] | None = None
     # The id, once something asked for it (`request_id`); the access log makes one for a request without.
     request_id_made: str | None = None
     # Observability (frontgate/observability/): the trace context when tracing is on, and when metrics,
     # traces or the access log are on, each upstream try as [cluster, target, started, ended, ok].
     trace: Trace | bytes | None = None  # bytes: the traceparent line of an unsampled trace's first try
+    # False when the headers surely hold no traceparent or tracestate (the HTTP/1.1 parser saw none, and no
+    # plugin has replaced the headers since): the tracer and the access log then skip looking for them.
+    trace_context = True
     tries: list[list[Any]] | None = None
 
     def __init__(
@@ -120,12 +136,14 @@ class RequestContext:
         if headers is None:
             headers = self._headers = split_lines(self._header_lines or [])
             self._header_lines = None
+            self.trace_context = True  # the pairs may be edited in place from here on
         return headers
 
     @headers.setter
     def headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self._headers = headers
         self._header_lines = None
+        self.trace_context = True
 
     def header_lines(self) -> list[bytes]:
         """The headers as `name: value\r\n` lines, ready to write."""
@@ -138,6 +156,7 @@ class RequestContext:
         """Replace all headers with ready-made `name: value\r\n` lines (lowercase names), so a plugin can
         drop or add headers without the pairs ever being built (the auth plugins do, on every request)."""
         self._header_lines = lines
+        self.trace_context = True
         self._headers = None
 
     def header(self, name: bytes) -> bytes | None:

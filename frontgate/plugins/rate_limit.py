@@ -240,10 +240,7 @@ class RateLimitPlugin(Plugin):
             if not reset_us:
                 return full_check(ctx)
             counters.admitted += 1
-            state = ctx.state
-            if state is None:
-                state = ctx.state = {}
-            state["rate_limit"] = admitted
+            ctx.rate_limit = admitted
             ctx.response_lines_add = [policy_line, field % ((tolerance - reset_us) // interval, -(-reset_us // MICROS))]
             return None
 
@@ -273,10 +270,7 @@ class RateLimitPlugin(Plugin):
 
     def _admit(self, ctx: RequestContext, applicable: Applicable, keys: list[bytes], verdict: Verdict) -> None:
         """Apply the store's verdict: the RateLimit fields, the counters, and a 429 when a limit is spent."""
-        state = ctx.state
-        if state is None:
-            state = ctx.state = {}
-        state["rate_limit"] = (applicable, verdict)
+        ctx.rate_limit = (applicable, verdict)
         if applicable.policy:  # on every response to a limited request, 2xx and 429 alike
             ctx.response_lines_add = [applicable.policy_line,
                                       b"ratelimit: " + ratelimit_value(applicable, verdict) + b"\r\n"]
@@ -284,7 +278,9 @@ class RateLimitPlugin(Plugin):
             for counters in applicable.counters:
                 counters.admitted += 1
             if verdict.token is not None:
-                state["rate_limit_slots"] = (applicable.plan, keys, verdict.token)
+                if ctx.state is None:
+                    ctx.state = {}
+                ctx.state["rate_limit_slots"] = (applicable.plan, keys, verdict.token)
             return
         for index, counters in enumerate(applicable.counters):
             if verdict.denied >> index & 1:

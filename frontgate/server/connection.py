@@ -56,9 +56,11 @@ log = logging.getLogger("frontgate.connection")
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
 # The three sorts above as one lookup per field (most fields are none of them, and are forwarded).
-_FRAMING, _FORWARDING, _DROP = 1, 2, 3
+_FRAMING, _FORWARDING, _DROP, _TRACE_CONTEXT = 1, 2, 3, 4
 _FIELD_SORT = {
     **{name: _DROP for name in _DROPPED},
+    b"traceparent": _TRACE_CONTEXT,  # forwarded as any field; noted so that most requests skip looking for it
+    b"tracestate": _TRACE_CONTEXT,
     **{name: _FORWARDING for name in FORWARDING_FIELDS},
     **{name: _FRAMING for name in _FRAMING_FIELDS},  # framing wins: Connection and Upgrade are inspected
 }
@@ -98,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self._lines: list[bytes] = []  # forwardable headers as `name: value\r\n`
         self._framing_fields: list[tuple[bytes, bytes]] = []
         self._forwarding_fields: list[tuple[bytes, bytes]] = []
+        self._trace_context = False  # the head being parsed has a traceparent or tracestate field
         self._header_count = 0
         self._head_bytes = 0
         self._error: HttpError | None = None
@@ -191,6 +194,7 @@ class HttpConnection(asyncio.Protocol):
         self._lines = []
         self._framing_fields = []
         self._forwarding_fields = []
+        self._trace_context = False
         self._header_count = 0
         self._head_bytes = 0
         if self.waiting != WAIT_HEAD:
@@ -217,6 +221,9 @@ class HttpConnection(asyncio.Protocol):
             self._framing_fields.append((name, value))
         elif sort == _FORWARDING:
             self._forwarding_fields.append((name, value))
+        elif sort == _TRACE_CONTEXT:
+            self._lines.append(name + b": " + value + b"\r\n")
+            self._trace_context = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -318,6 +325,8 @@ class HttpConnection(asyncio.Protocol):
                 lines = [line for line in lines if line[: line.index(b":")] not in named]
                 websocket = is_websocket_handshake(method, version, framing)
         ctx = RequestContext(method, path, query, None, host, self.peer_ip, self.peer_ip, self.scheme, version, lines)
+        if not self._trace_context:
+            ctx.trace_context = False
         client_fields = self._forwarding_fields
         if client_fields and runtime.is_trusted(self.peer_ip):
             ctx.client_ip = client_address(self.peer_ip, client_fields, runtime.is_trusted)
