@@ -5,9 +5,9 @@ The request path does only what a trace needs there: read an incoming `tracepare
 sampling (the parent's flag when there is one, else `sample_ratio` on the trace id, as OpenTelemetry's
 ParentBased(TraceIdRatioBased) sampler does), write a `traceparent` for each try (the try's client span is
 its parent upstream; `tracestate` passes through untouched), and for a sampled request put one tuple on a
-queue. Spans are encoded (frontgate/observability/otlp.py) and sent by the export thread. Unsampled requests are still
-propagated (flag 00), so an upstream that samples on its own keeps the same trace id. With tracing off
-nothing here runs: an incoming `traceparent` is forwarded as any other header.
+queue. The export thread encodes the spans (frontgate/observability/otlp.py) and sends them. Unsampled
+requests are still propagated (flag 00), so an upstream that samples on its own keeps the same trace id.
+With tracing off nothing here runs: an incoming `traceparent` is forwarded as any other header.
 
 Most requests start an unsampled trace, so that case makes no number and formats nothing: its ids are
 random hex cut, as a whole `traceparent` line, from a buffer of such lines made in bulk (`_random_lines`),
