@@ -5,9 +5,9 @@ The request path does only what a trace needs there: read an incoming `tracepare
 sampling (the parent's flag when there is one, else `sample_ratio` on the trace id, as OpenTelemetry's
 ParentBased(TraceIdRatioBased) sampler does), write a `traceparent` for each try (the try's client span is
 its parent upstream; `tracestate` passes through untouched), and for a sampled request put one tuple on a
-queue. Span objects, attributes and protobuf are made by the export thread. Unsampled requests are still
-propagated (flag 00), so an upstream that samples on its own keeps the same trace id. With tracing off
-nothing here runs: an incoming `traceparent` is forwarded as any other header.
+queue. The export thread encodes the spans (frontgate/observability/otlp.py) and sends them. Unsampled
+requests are still propagated (flag 00), so an upstream that samples on its own keeps the same trace id.
+With tracing off nothing here runs: an incoming `traceparent` is forwarded as any other header.
 
 Most requests start an unsampled trace, so that case makes no number and formats nothing: its ids are
 random hex cut, as a whole `traceparent` line, from a buffer of such lines made in bulk (`_random_lines`),
@@ -23,10 +23,10 @@ import threading
 import time
 from collections import deque
 from random import getrandbits
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from frontgate.config.schema import Tracing
-from frontgate.observability.metrics import METHOD_CLASSES
+from frontgate.observability.otlp import OtlpSender, SpanEncoder
 
 if TYPE_CHECKING:
     from frontgate.pipeline.context import RequestContext
@@ -47,7 +47,9 @@ _FILL = _LINE * _LINES_PER_FILL
 EXPORT_EVERY = 1.0  # seconds between batches when traffic is light
 BATCH = 512  # spans per export request; a full batch wakes the exporter early
 MAX_QUEUE = 4096  # requests waiting for export; beyond, spans are dropped and counted
-_EXPORT_TIMEOUT = 5.0  # seconds one batch may take, retries included (in the export thread only)
+_EXPORT_TIMEOUT = 5.0  # seconds one batch may take, a new connection after a dropped one included
+BACKOFF_FIRST = 1.0  # seconds without exports after a failed one, doubled by each failure in a row
+BACKOFF_MAX = 30.0
 _WARN_EVERY = 60.0  # seconds between two warnings about a failing collector
 
 
@@ -222,7 +224,7 @@ class Tracer:
             self.dropped += 1 + exchange.attempts
             return
         exporter.queue.append(_finished(exchange, trace, now))
-        if len(exporter.queue) >= BATCH:
+        if len(exporter.queue) == BATCH:  # once, as it fills (not again on every request while backing off)
             exporter.wake.set()
 
     def counts(self) -> dict[str, int]:
@@ -299,69 +301,77 @@ def _http_route(exchange: Exchange) -> str | None:
 
 
 class SpanExporter:
-    """The export thread: turns finished requests into OpenTelemetry spans and sends them by OTLP/HTTP."""
+    """The export thread: encodes finished requests as OTLP protobuf (`otlp.SpanEncoder`) and POSTs them.
+
+    After a failed export (refused, timed out, not 2xx) it backs off, 1 s doubling to 30 s and back to 1 s
+    after a success, so a collector that is down costs a connection attempt now and then; meanwhile
+    finished requests wait in the queue, up to MAX_QUEUE."""
 
     def __init__(self, config: Tracing) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-        # The exporter logs every failed batch; a dead collector must not flood the gateway's log.
-        logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
         endpoint = config.otlp_endpoint.rstrip("/")
         self.endpoint = endpoint if endpoint.endswith("/v1/traces") else endpoint + "/v1/traces"
-        self._otlp = OTLPSpanExporter(endpoint=self.endpoint, timeout=_EXPORT_TIMEOUT)
-        self.resource = Resource.create({"service.name": config.service_name})
-        self.scope = InstrumentationScope("frontgate")
+        self._sender = OtlpSender(self.endpoint)
+        self._encoder = SpanEncoder(config.service_name, time.time() - time.monotonic())
         self.queue: deque[_Finished] = deque()
         self.wake = threading.Event()
         self._stop = False
         self.exported = 0
         self.failed = 0
+        self.retry_at = 0.0  # monotonic time of the next try after a failure
+        self._backoff = BACKOFF_FIRST
         self._warned = 0.0
         self._thread = threading.Thread(target=self._run, name="frontgate-otlp", daemon=True)
-        self._offset = time.time() - time.monotonic()  # monotonic seconds -> Unix time
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop:
-            self.wake.wait(EXPORT_EVERY)
+            backing_off = self.retry_at - time.monotonic()
+            # A full batch wakes the thread early, but not out of a backoff: it waits again for the rest.
+            self.wake.wait(backing_off if backing_off > 0 else EXPORT_EVERY)
             self.wake.clear()
-            self._drain()
+            if time.monotonic() >= self.retry_at and not self._stop:
+                self._drain(None)
 
-    def _drain(self) -> None:
-        from frontgate.observability.spans import to_spans
-
-        while self.queue:
-            batch: list[Any] = []
-            while self.queue and len(batch) < BATCH:
-                batch.extend(to_spans(self.queue.popleft(), self))
+    def _drain(self, deadline: float | None) -> None:
+        """Export batches until the queue is empty, a batch fails or `deadline` (monotonic) passes."""
+        queue = self.queue
+        while queue:
+            timeout = _EXPORT_TIMEOUT if deadline is None else min(_EXPORT_TIMEOUT, deadline - time.monotonic())
+            if timeout <= 0:
+                return
+            batch = []
+            spans = 0
+            while queue and spans < BATCH:
+                done = queue.popleft()
+                batch.append(done)
+                spans += 1 + len(done.tries)
             try:
-                ok = self._otlp.export(batch).name == "SUCCESS"
-            except Exception:
+                ok = self._sender.post(self._encoder.encode(batch), timeout)
+            except Exception:  # a bug in encoding must not stop the thread
+                log.exception("trace export failed")
                 ok = False
             if ok:
-                self.exported += len(batch)
+                self.exported += spans
+                self._backoff = BACKOFF_FIRST
                 continue
-            self.failed += len(batch)
-            now = time.monotonic()
-            if now - self._warned >= _WARN_EVERY:
-                self._warned = now
-                log.warning("trace export to %s failed; %d spans lost so far", self.endpoint, self.failed)
+            self.failed += spans
+            self._back_off()
+            return
 
-    def unix_ns(self, monotonic: float) -> int:
-        return int((monotonic + self._offset) * 1e9)
+    def _back_off(self) -> None:
+        now = time.monotonic()
+        self.retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_MAX)
+        if now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            log.warning("trace export to %s failed; %d spans lost so far", self.endpoint, self.failed)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued (bounded by `timeout`), then stop."""
+        """Send what is queued (one more try even when backing off), within about `timeout` seconds; stop."""
+        deadline = time.monotonic() + timeout
         self._stop = True
         self.wake.set()
         self._thread.join(timeout)
         if not self._thread.is_alive():
-            self._drain()
-        self._otlp.shutdown()  # type: ignore[no-untyped-call]
-
-
-def method_label(method: str) -> tuple[str, str]:
-    """(span name prefix, http.request.method) per the semantic conventions: unknown methods are _OTHER."""
-    return (method, method) if method in METHOD_CLASSES else ("HTTP", "_OTHER")
+            self._drain(deadline)
+        self._sender.close()
