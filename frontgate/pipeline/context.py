@@ -22,15 +22,39 @@ _ID_FORMAT = os.urandom(6).hex() + "%010x"  # %-formatting one int: cheaper than
 _ID_COUNTER = itertools.count(1)
 
 
+# Ids made in bulk (`new_request_ids`), of the same shape under a prefix of their own: the prefix, then the
+# counter's high digits (`_block_head`, made once per 4,096 ids), then its last three from a table.
+_BLOCK_PREFIX = os.urandom(6).hex()
+_block_next = 0
+_LOW_DIGITS = tuple(f"{low:03x}" for low in range(4096))
+
+
 def new_request_id() -> str:
     return _ID_FORMAT % next(_ID_COUNTER)
 
 
+def new_request_ids(count: int) -> list[str]:
+    """`count` fresh ids at once, for the access log's requests that never needed one: a concatenation per
+    id instead of formatting a number (which cost a quarter of a log line)."""
+    global _block_next
+    ids: list[str] = []
+    first = _block_next
+    end = _block_next = first + count
+    while first < end:
+        head = _BLOCK_PREFIX + "%07x" % (first >> 12)
+        stop = min(end, (first | 4095) + 1)  # where the high digits change
+        ids += [head + low for low in _LOW_DIGITS[first & 4095:(stop - 1 & 4095) + 1]]
+        first = stop
+    return ids
+
+
 def _new_id_prefix() -> None:
     """Workers are forked after this module is imported: each needs a prefix of its own."""
-    global _ID_FORMAT, _ID_COUNTER
+    global _ID_FORMAT, _ID_COUNTER, _BLOCK_PREFIX, _block_next
     _ID_FORMAT = os.urandom(6).hex() + "%010x"
     _ID_COUNTER = itertools.count(1)
+    _BLOCK_PREFIX = os.urandom(6).hex()
+    _block_next = 0
 
 
 os.register_at_fork(after_in_child=_new_id_prefix)
