@@ -101,7 +101,8 @@ class RequestContext:
     client_cert: ClientCertificate | None = None
     # Header lines (`name: value\r\n`, lowercase names) for whatever response this request gets, the
     # upstream's or the gateway's own (a 429 too), set by a request hook: cheaper than an on_response hook
-    # for a plugin that only adds fields, and written as they are.
+    # for a plugin that only adds fields, and written as they are. The list may be shared by requests:
+    # replace it, never edit it.
     response_lines_add: list[bytes] | None = None
     state: dict[str, Any] | None = None
     # The rate_limit plugin's decision, (its Applicable, its Verdict), for the access log: an attribute, not

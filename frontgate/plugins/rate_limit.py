@@ -160,6 +160,7 @@ class Applicable:
 
 # What the access log needs to know of a request admitted on the fast path (see RateLimitPlugin.on_request).
 _ADMITTED = Verdict(True, [], [], 0, 0)
+_MADE_LINES = 1024  # header line pairs the lean hook keeps
 
 
 def _sf_string(value: str) -> bytes:
@@ -234,6 +235,9 @@ class RateLimitPlugin(Plugin):
         field = b"ratelimit: " + applicable.items[0] + b"%d;t=%d\r\n"
         admitted = (applicable, _ADMITTED)
         full_check = self.on_request
+        # (remaining, seconds to reset) -> [policy line, RateLimit line]: few pairs repeat, and a lookup costs
+        # less than formatting two numbers.
+        made: dict[tuple[int, int], list[bytes]] = {}
 
         def rate_limit_in_memory(ctx: RequestContext) -> HookResult:
             reset_us = admit(key(ctx) if ip_prefix is None else ip_prefix + ctx.client_ip.encode())
@@ -241,7 +245,13 @@ class RateLimitPlugin(Plugin):
                 return full_check(ctx)
             counters.admitted += 1
             ctx.rate_limit = admitted
-            ctx.response_lines_add = [policy_line, field % ((tolerance - reset_us) // interval, -(-reset_us // MICROS))]
+            values = ((tolerance - reset_us) // interval, -(-reset_us // MICROS))
+            lines = made.get(values)
+            if lines is None:
+                if len(made) >= _MADE_LINES:
+                    made.clear()
+                lines = made[values] = [policy_line, field % values]
+            ctx.response_lines_add = lines
             return None
 
         return rate_limit_in_memory
