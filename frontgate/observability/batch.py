@@ -32,9 +32,9 @@ FLUSH_EVERY = 0.1  # seconds a finished request may wait to be counted and logge
 FLUSH_AT = 256  # requests; a larger batch would pause the event loop for longer in one go
 
 # (end, start, route | None, method, status, tries, bytes in, bytes out, grpc status | None, request id | None,
-#  trace | None, client ip, consumer | None, host, path, ctx.state, ctx.rate_limit); times are monotonic seconds,
-# tries are `ctx.tries`. The last eight are filled only when the access log is on. The trace is `ctx.trace` with tracing
-# on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
+#  trace | None, client ip, consumer | None, host, path, ctx.state, ctx.rate_limit); times are monotonic
+# seconds, tries are `ctx.tries`. The last eight are filled only when the access log is on. The trace is
+# `ctx.trace` with tracing on (trace_id_hex makes its id), else the trace id of the request's own traceparent.
 Record = tuple[Any, ...]
 
 

@@ -148,7 +148,8 @@ class Tracer:
             self._random, at = _random_lines(), 0
         self._at = at + _LINE
         line = self._random[at:at + _LINE]
-        ctx.trace = trace = Trace(int(line[TRACE_HEX], 16), 0, True, None) if line[_LOW_HEX] < self._bound_hex else line
+        sampled = line[_LOW_HEX] < self._bound_hex
+        ctx.trace = trace = Trace(int(line[TRACE_HEX], 16), 0, True, None) if sampled else line
         return trace
 
     def _new_trace(self) -> Trace | bytes:

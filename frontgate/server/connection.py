@@ -55,7 +55,7 @@ log = logging.getLogger("frontgate.connection")
 # hop-by-hop but inspected: a WebSocket handshake is relayed (frontgate/server/websocket.py).
 _FRAMING_FIELDS = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade"})
 _DROPPED = HOP_BY_HOP | {b"x-request-deadline", XFCC_HEADER}  # XFCC: only the gateway sets it
-# The three sorts above as one lookup per field (most fields are none of them, and are forwarded).
+# The sorts of field as one lookup per field (most fields are none of them, and are forwarded).
 _FRAMING, _FORWARDING, _DROP, _TRACE_CONTEXT = 1, 2, 3, 4
 _FIELD_SORT = {
     **{name: _DROP for name in _DROPPED},
