@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -325,7 +326,10 @@ def test_messages_over_max_message_bytes_close_the_tunnel_with_1009(tmp_path: Pa
                 with ws_connect(gw.port, compression=None) as ws:
                     ws.send(b"k" * 1024)  # at the limit: fine
                     assert ws.recv(timeout=5) == b"k" * 1024
-                    ws.send(oversized)
+                    # The gateway may close while the client is still sending the fragments of a message it
+                    # already refused; how it closed is read back either way.
+                    with contextlib.suppress(ConnectionClosed):
+                        ws.send(oversized)
                     closed = _closed_with(ws)
                     assert closed.rcvd is not None and closed.rcvd.code == 1009
                 upstream.wait_ended(ends)
