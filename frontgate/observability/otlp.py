@@ -184,9 +184,6 @@ class SpanEncoder:
         self._offset = offset  # monotonic seconds -> Unix time
         self._cache: dict[tuple[object, ...], bytes] = {}
 
-    def unix_ns(self, monotonic: float) -> int:
-        return int((monotonic + self._offset) * 1e9)
-
     def encode(self, requests: Sequence[_Finished]) -> bytes:
         spans: list[bytes] = []
         for done in requests:
