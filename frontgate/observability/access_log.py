@@ -18,11 +18,14 @@ import os
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from json.encoder import encode_basestring_ascii as _quote
 from typing import TYPE_CHECKING, Any, Literal
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
+from frontgate.observability.families import LATENCY_BOUNDS
+from frontgate.observability.metrics import NO_ROUTE, NO_UPSTREAM, AttemptSeries, RequestMetrics, RequestSeries
 from frontgate.observability.tracing import TRACE_HEX, trace_id_hex
 from frontgate.pipeline.context import new_request_ids
 
@@ -54,10 +57,19 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
+# The fixed text between a line's own values, for requests of one kind (what comes before the path, before
+# upstream_us, before bytes_in and before the outcomes), and with metrics on, the series they count under:
+# the request's, and the try's when there is exactly one.
+_Shape = tuple[str, str, str, str, RequestSeries | None, AttemptSeries | None]
+
+
 def _shape(consumer: str | None, method: str, host: str, route: str | None, last: list[Any] | None,
-           status: int, grpc_status: int | None, tries: int) -> tuple[str, str, str, str]:
-    """The fixed text between a line's own values, for requests of one kind: what comes before the path,
-    before upstream_us, before bytes_in and before the outcomes."""
+           status: int, grpc_status: int | None, tries: int, metrics: RequestMetrics | None) -> _Shape:
+    series = attempts = None
+    if metrics is not None:
+        series = metrics.request_series(route or NO_ROUTE, method, status, last[0].name if last else NO_UPSTREAM)
+        if tries == 1 and last is not None:
+            attempts = metrics.attempt_series(last[0], last[1])
     if last is None:
         upstream = '"upstream":null,"target":null,"upstream_us":'
     else:
@@ -68,6 +80,8 @@ def _shape(consumer: str | None, method: str, host: str, route: str | None, last
         f',"route":{_text(route)},{upstream}',
         f',"status":{status},"grpc_status":{"null" if grpc_status is None else grpc_status},"bytes_in":',
         f',"retries":{max(tries - 1, 0)},',
+        series,
+        attempts,
     )
 
 
@@ -172,8 +186,10 @@ class AccessLog:
         self._offset = 0.0
         self._second_ms = 0
         self._stamp = ""
-        # (consumer, method, host, route name, last target's state, status, grpc status, tries) -> `_shape`
-        self._shapes: dict[tuple[Any, ...], tuple[str, str, str, str]] = {}
+        # (consumer, method, host, route name, last target's state, status, grpc status, tries) -> `_shape`,
+        # plus the metric series such requests count under, in `_shapes_metrics`
+        self._shapes: dict[tuple[Any, ...], _Shape] = {}
+        self._shapes_metrics: RequestMetrics | None = None
 
     @classmethod
     def from_config(cls, config: AccessLogConfig | Literal[False]) -> AccessLog:
@@ -189,16 +205,22 @@ class AccessLog:
     def dropped(self) -> int:
         return self._writer.dropped if self._writer is not None else 0
 
-    def write(self, records: list[Record]) -> None:
+    def write(self, records: list[Record], metrics: RequestMetrics | None = None) -> None:
         """Format the JSON lines of finished requests (see frontgate/observability/batch.py for a record) and
-        hand them to the writer thread as one block.
+        hand them to the writer thread as one block; with `metrics`, count them too.
 
         One loop for the whole batch, its state in locals. The fields requests of one kind share (method,
         host, route, target, status...) come as ready-made pieces from `_shapes`, so a line formats only
-        what is its own: time, ids, client, path, sizes and durations."""
+        what is its own: time, ids, client, path, sizes and durations. Requests of one kind also share their
+        metric series, kept with the pieces: counting costs a few additions (`RequestMetrics.count` makes
+        the same numbers in a loop of its own)."""
         writer = self._writer
         if writer is None or not records:
             return
+        if metrics is not self._shapes_metrics:
+            self._shapes.clear()
+            self._shapes_metrics = metrics
+        bounds = LATENCY_BOUNDS
         lines: list[str] = []
         append = lines.append
         offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
@@ -218,15 +240,34 @@ class AccessLog:
                 route = route.name  # not the route: the key must not keep an old config generation alive
             if tries:
                 last = tries[-1]
-                upstream_us: int | str = int(((last[3] or now) - last[2]) * 1e6)
+                try_elapsed = (last[3] or now) - last[2]  # 0: the try was still open when the exchange ended
+                upstream_us: int | str = int(try_elapsed * 1e6)
                 key = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
             else:
                 last, upstream_us = None, "null"
                 key = (consumer, method, host, route, None, status, grpc_status, 0)
             shape = shapes.get(key)
             if shape is None:
-                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status, len(tries))
-            before_path, before_upstream_us, before_bytes_in, before_outcomes = shape
+                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status, len(tries),
+                                             metrics)
+            before_path, before_upstream_us, before_bytes_in, before_outcomes, series, attempts = shape
+            elapsed = now - started_at
+            if series is not None:  # metrics on: `RequestMetrics.count`, inline
+                series.total += elapsed
+                series.buckets[bisect_left(bounds, elapsed)] += 1
+                if bytes_in:
+                    series.bytes_in += bytes_in
+                series.bytes_out += bytes_out
+                if attempts is not None:  # the one try
+                    attempts.total += try_elapsed
+                    attempts.buckets[bisect_left(bounds, try_elapsed)] += 1
+                    if not last[4]:
+                        attempts.errors += 1
+                elif tries:
+                    metrics.count_tries(tries, now)  # type: ignore[union-attr]  # series: metrics on
+                if grpc_status is not None:
+                    metrics.count_grpc(  # type: ignore[union-attr]
+                        route or NO_ROUTE, last[0].name if last else NO_UPSTREAM, grpc_status)
             if trace is None:
                 quote, trace_id = "", "null"
             elif type(trace) is bytes:  # an unsampled trace's traceparent line
@@ -242,7 +283,7 @@ class AccessLog:
             append(
                 f'{stamp}{_MILLIS[millis]}","request_id":"{request_id}","trace_id":{quote}{trace_id}{quote},'
                 f'"client_ip":{_quote(client_ip)}{before_path}{_quote(path)}{before_upstream_us}{upstream_us}'
-                f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int((now - started_at) * 1e6)}'
+                f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int(elapsed * 1e6)}'
                 f'{before_outcomes}{outcomes}'
             )
         writer.submit("".join(lines).encode(), len(lines))

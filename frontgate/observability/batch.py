@@ -80,9 +80,9 @@ class Observations:
             return
         self._pending = []
         try:
-            if self._metrics is not None:
-                self._metrics.count(pending)
             if self._access_log is not None:
-                self._access_log.write(pending)
+                self._access_log.write(pending, self._metrics)  # counts them too: one loop
+            elif self._metrics is not None:
+                self._metrics.count(pending)
         except Exception:  # accounting must never break serving
             log.exception("could not account for %d requests", len(pending))

@@ -12,7 +12,7 @@ count under route "(none)", never under their path), methods are folded into the
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, histogram_value
 from frontgate.protocol.grpc_status import status_name
@@ -79,28 +79,21 @@ class RequestMetrics:
         self._grpc: dict[tuple[str, str, int], int] = {}
 
     def count(self, records: list[Record]) -> None:
-        """Count a batch of finished requests (see frontgate/observability/batch.py for a record)."""
-        shortcuts, attempts, grpc, bounds = self._shortcuts, self._attempts, self._grpc, LATENCY_BOUNDS
+        """Count a batch of finished requests (see frontgate/observability/batch.py for a record). With the
+        access log on, its formatting loop counts instead (`AccessLog.write`): one pass over the batch."""
+        shortcuts, bounds = self._shortcuts, LATENCY_BOUNDS
         for record in records:
             now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status = record[:9]
             route_name = route.name if route is not None else NO_ROUTE
             if tries:
-                for cluster, target, started, ended, ok in tries:
-                    series = attempts.get(target.state)
-                    if series is None:
-                        series = self._new_attempt_series(cluster, target)
-                    elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
-                    if not ok:
-                        series.errors += 1
-                    series.total += elapsed
-                    series.buckets[bisect_left(bounds, elapsed)] += 1
+                self.count_tries(tries, now)
                 upstream = tries[-1][0].name
             else:
                 upstream = NO_UPSTREAM
             key = (route_name, method, status, upstream)
             request = shortcuts.get(key)
             if request is None:
-                request = self._new_request_series(key)
+                request = self.request_series(route_name, method, status, upstream)
             elapsed = now - started_at
             request.total += elapsed
             request.buckets[bisect_left(bounds, elapsed)] += 1
@@ -108,11 +101,30 @@ class RequestMetrics:
                 request.bytes_in += bytes_in
             request.bytes_out += bytes_out
             if grpc_status is not None:
-                grpc_key = (route_name, upstream, grpc_status)
-                grpc[grpc_key] = grpc.get(grpc_key, 0) + 1
+                self.count_grpc(route_name, upstream, grpc_status)
 
-    def _new_request_series(self, key: tuple[str, str, int, str]) -> RequestSeries:
-        route, method, status, upstream = key
+    def count_tries(self, tries: list[list[Any]], now: float) -> None:
+        attempts, bounds = self._attempts, LATENCY_BOUNDS
+        for cluster, target, started, ended, ok in tries:
+            series = attempts.get(target.state)
+            if series is None:
+                series = self.attempt_series(cluster, target)
+            elapsed = (ended or now) - started  # 0: the try was still open when the exchange ended
+            if not ok:
+                series.errors += 1
+            series.total += elapsed
+            series.buckets[bisect_left(bounds, elapsed)] += 1
+
+    def count_grpc(self, route_name: str, upstream: str, grpc_status: int) -> None:
+        key = (route_name, upstream, grpc_status)
+        self._grpc[key] = self._grpc.get(key, 0) + 1
+
+    def request_series(self, route: str, method: str, status: int, upstream: str) -> RequestSeries:
+        """The series a request of these raw values counts under (made on first use)."""
+        key = (route, method, status, upstream)
+        series = self._shortcuts.get(key)
+        if series is not None:
+            return series
         labels = (route, method_class(method), status_class(status), upstream)
         series = self._series.get(labels)
         if series is None:
@@ -121,9 +133,11 @@ class RequestMetrics:
             self._shortcuts[key] = series
         return series
 
-    def _new_attempt_series(self, cluster: UpstreamCluster, target: Target) -> AttemptSeries:
-        series = self._attempts[target.state] = AttemptSeries()
-        self._target_labels[target.state] = (cluster.name, target.url)
+    def attempt_series(self, cluster: UpstreamCluster, target: Target) -> AttemptSeries:
+        series = self._attempts.get(target.state)
+        if series is None:
+            series = self._attempts[target.state] = AttemptSeries()
+            self._target_labels[target.state] = (cluster.name, target.url)
         return series
 
     def collect(self, out: FamilySet) -> None:

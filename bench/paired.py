@@ -1,0 +1,120 @@
+"""Two frontgate configs side by side on one core, under the same load at the same time.
+
+On a machine whose speed drifts (a VM with busy neighbours), two legs measured one after the other can
+differ by 40% for nothing. Here both gateways share the proxy core for the same seconds, each loaded by its
+own wrk, so whatever slows the core slows both: the ratio of their requests/s is the ratio of their costs
+per request. It answers "how much of its speed does this plugin keep?"; bench/run.sh remains the harness for
+absolute numbers and for nginx.
+
+    .venv/bin/python bench/paired.py BASE.yaml OTHER.yaml [ROUNDS] [SECONDS]
+    BENCH_HEADER="Authorization: Bearer ..." .venv/bin/python bench/paired.py ...   # a header for both
+
+Layout as in bench/run.sh: Debian's nginx as the upstream and both wrk processes on core 0; both gateways
+(`--workers 1`) on core 1. Each round swaps which gateway's wrk starts first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FRONTGATE = ROOT / ".venv" / "bin" / "frontgate"
+LOAD_CPUS, PROXY_CPUS = os.environ.get("BENCH_LOAD_CPUS", "0"), os.environ.get("BENCH_PROXY_CPUS", "1")
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "50"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
+    (work / "nginx.conf").write_text(f"""
+worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off; client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    keepalive_requests 1000000;
+    server {{ listen 127.0.0.1:{port} backlog=4096;
+              location = /plain {{ default_type text/plain; return 200 "ok\\n"; }} }}
+}}""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return subprocess.Popen(["taskset", "-c", LOAD_CPUS, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
+                             "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+
+
+def start_gateway(config: str, port: int, upstream_port: int, admin_port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FG_BENCH_PORT": str(port), "FG_BENCH_UPSTREAM_PORT": str(upstream_port),
+           "FG_BENCH_ADMIN_PORT": str(admin_port)}
+    return subprocess.Popen(["taskset", "-c", PROXY_CPUS, str(FRONTGATE), "run", "-c", config, "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wrk(port: int, seconds: int) -> subprocess.Popen[str]:
+    header = os.environ.get("BENCH_HEADER")
+    return subprocess.Popen(["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
+                             *(["-H", header] if header else []), f"http://127.0.0.1:{port}/plain"],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def requests_per_second(output: str) -> float:
+    match = re.search(r"Requests/sec:\s*([\d.]+)", output)
+    if match is None or "Non-2xx" in output:
+        raise SystemExit("wrk failed or got errors:\n" + output)
+    return float(match.group(1))
+
+
+def main() -> None:
+    base, other = sys.argv[1], sys.argv[2]
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 6
+    with tempfile.TemporaryDirectory(prefix="frontgate-paired-") as tmp:
+        upstream_port, ports = free_port(), (free_port(), free_port())
+        processes = [start_upstream(Path(tmp), upstream_port)]
+        try:
+            wait_port(upstream_port)
+            for config, port in zip((base, other), ports, strict=True):
+                processes.append(start_gateway(config, port, upstream_port, free_port()))
+                wait_port(port)
+            for port in ports:  # warm-up, one at a time
+                wrk(port, 2).communicate()
+            ratios = []
+            for r in range(rounds):
+                order = ports if r % 2 == 0 else ports[::-1]
+                runs = {port: wrk(port, seconds) for port in order}
+                rates = [requests_per_second(runs[port].communicate()[0]) for port in ports]
+                ratios.append(rates[1] / rates[0])
+                print(f"round {r + 1}: {base} {rates[0]:,.0f} req/s, {other} {rates[1]:,.0f} req/s: "
+                      f"{ratios[-1]:.1%}", flush=True)
+            print(f"median: {other} keeps {statistics.median(ratios):.1%} of {base}'s requests/s "
+                  f"(rounds: {', '.join(f'{x:.1%}' for x in ratios)})")
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(10)
+
+
+if __name__ == "__main__":
+    main()
