@@ -10,7 +10,9 @@ absolute numbers and for nginx.
     BENCH_HEADER="Authorization: Bearer ..." .venv/bin/python bench/paired.py ...   # a header for both
 
 Layout as in bench/run.sh: Debian's nginx as the upstream and both wrk processes on core 0; both gateways
-(`--workers 1`) on core 1. Each round swaps which gateway's wrk starts first.
+(`--workers 1`) on core 1. A Redis of its own (`redis-server` on a free port, core 0 too, given to the
+configs as FG_BENCH_REDIS) keeps the store's work off the proxy core, as the upstream's is. Each round swaps
+which gateway's wrk starts first.
 """
 
 from __future__ import annotations
@@ -64,9 +66,16 @@ http {{
                              "-g", "daemon off;"], stderr=subprocess.DEVNULL)
 
 
-def start_gateway(config: str, port: int, upstream_port: int, admin_port: int) -> subprocess.Popen[bytes]:
+def start_redis(port: int) -> subprocess.Popen[bytes]:
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    return subprocess.Popen(["taskset", "-c", LOAD_CPUS, server, "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+
+
+def start_gateway(config: str, port: int, upstream_port: int, admin_port: int, redis_port: int
+                  ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FG_BENCH_PORT": str(port), "FG_BENCH_UPSTREAM_PORT": str(upstream_port),
-           "FG_BENCH_ADMIN_PORT": str(admin_port)}
+           "FG_BENCH_ADMIN_PORT": str(admin_port), "FG_BENCH_REDIS": f"redis://127.0.0.1:{redis_port}/0"}
     return subprocess.Popen(["taskset", "-c", PROXY_CPUS, str(FRONTGATE), "run", "-c", config, "--workers", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -90,12 +99,13 @@ def main() -> None:
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 6
     with tempfile.TemporaryDirectory(prefix="frontgate-paired-") as tmp:
-        upstream_port, ports = free_port(), (free_port(), free_port())
-        processes = [start_upstream(Path(tmp), upstream_port)]
+        upstream_port, redis_port, ports = free_port(), free_port(), (free_port(), free_port())
+        processes = [start_upstream(Path(tmp), upstream_port), start_redis(redis_port)]
         try:
             wait_port(upstream_port)
+            wait_port(redis_port)
             for config, port in zip((base, other), ports, strict=True):
-                processes.append(start_gateway(config, port, upstream_port, free_port()))
+                processes.append(start_gateway(config, port, upstream_port, free_port(), redis_port))
                 wait_port(port)
             for port in ports:  # warm-up, one at a time
                 wrk(port, 2).communicate()
