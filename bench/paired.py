@@ -7,6 +7,7 @@ per request. It answers "how much of its speed does this plugin keep?"; bench/ru
 absolute numbers and for nginx.
 
     .venv/bin/python bench/paired.py BASE.yaml OTHER.yaml [ROUNDS] [SECONDS]
+    .venv/bin/python bench/paired.py nginx bench/frontgate.yaml     # against nginx as the reverse proxy
     BENCH_HEADER="Authorization: Bearer ..." .venv/bin/python bench/paired.py ...   # a header for both
 
 Layout as in bench/run.sh: Debian's nginx as the upstream and both wrk processes on core 0; both gateways
@@ -66,6 +67,33 @@ http {{
                              "-g", "daemon off;"], stderr=subprocess.DEVNULL)
 
 
+def start_nginx_proxy(work: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
+    """nginx as the reference reverse proxy, configured as bench/run.sh configures it."""
+    work.mkdir()
+    (work / "nginx.conf").write_text(f"""
+worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off; client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
+    keepalive_requests 1000000;
+    upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return subprocess.Popen(["taskset", "-c", PROXY_CPUS, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
+                             "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+
+
 def start_redis(port: int) -> subprocess.Popen[bytes]:
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     return subprocess.Popen(["taskset", "-c", LOAD_CPUS, server, "--port", str(port), "--bind", "127.0.0.1",
@@ -105,7 +133,10 @@ def main() -> None:
             wait_port(upstream_port)
             wait_port(redis_port)
             for config, port in zip((base, other), ports, strict=True):
-                processes.append(start_gateway(config, port, upstream_port, free_port(), redis_port))
+                if config == "nginx":
+                    processes.append(start_nginx_proxy(Path(tmp) / f"proxy-{port}", port, upstream_port))
+                else:
+                    processes.append(start_gateway(config, port, upstream_port, free_port(), redis_port))
                 wait_port(port)
             for port in ports:  # warm-up, one at a time
                 wrk(port, 2).communicate()

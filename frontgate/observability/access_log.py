@@ -263,11 +263,12 @@ class AccessLog:
                     attempts.buckets[bisect_left(bounds, try_elapsed)] += 1
                     if not last[4]:
                         attempts.errors += 1
-                elif tries:
-                    metrics.count_tries(tries, now)  # type: ignore[union-attr]  # series: metrics on
+                elif tries:  # retried
+                    assert metrics is not None  # a shape has series only with metrics on
+                    metrics.count_tries(tries, now)
                 if grpc_status is not None:
-                    metrics.count_grpc(  # type: ignore[union-attr]
-                        route or NO_ROUTE, last[0].name if last else NO_UPSTREAM, grpc_status)
+                    assert metrics is not None
+                    metrics.count_grpc(route or NO_ROUTE, last[0].name if last else NO_UPSTREAM, grpc_status)
             if trace is None:
                 quote, trace_id = "", "null"
             elif type(trace) is bytes:  # an unsampled trace's traceparent line
