@@ -2,9 +2,10 @@
 
 On a machine whose speed drifts (a VM with busy neighbours), two legs measured one after the other can
 differ by 40% for nothing. Here both gateways share the proxy core for the same seconds, each loaded by its
-own wrk, so whatever slows the core slows both: the ratio of their requests/s is the ratio of their costs
-per request. It answers "how much of its speed does this plugin keep?"; bench/run.sh remains the harness for
-absolute numbers and for nginx.
+own wrk, so whatever slows the core slows both. Each round reports both ratios: requests/s, and CPU time
+per request (user + system of each server's processes over the requests it served; the steadier one, as
+it does not assume the core was split evenly). It answers "how much of its speed does this plugin keep?";
+bench/run.sh remains the harness for absolute numbers.
 
     .venv/bin/python bench/paired.py BASE.yaml OTHER.yaml [ROUNDS] [SECONDS]
     .venv/bin/python bench/paired.py nginx bench/frontgate.yaml     # against nginx as the reverse proxy
@@ -28,6 +29,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import group_cpu_ticks  # bench/report.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONTGATE = ROOT / ".venv" / "bin" / "frontgate"
@@ -91,7 +95,7 @@ http {{
 }}""")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     return subprocess.Popen(["taskset", "-c", PROXY_CPUS, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
-                             "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+                             "-g", "daemon off;"], stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
@@ -105,7 +109,7 @@ def start_gateway(config: str, port: int, upstream_port: int, admin_port: int, r
     env = {**os.environ, "FG_BENCH_PORT": str(port), "FG_BENCH_UPSTREAM_PORT": str(upstream_port),
            "FG_BENCH_ADMIN_PORT": str(admin_port), "FG_BENCH_REDIS": f"redis://127.0.0.1:{redis_port}/0"}
     return subprocess.Popen(["taskset", "-c", PROXY_CPUS, str(FRONTGATE), "run", "-c", config, "--workers", "1"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def wrk(port: int, seconds: int) -> subprocess.Popen[str]:
@@ -115,11 +119,12 @@ def wrk(port: int, seconds: int) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True)
 
 
-def requests_per_second(output: str) -> float:
-    match = re.search(r"Requests/sec:\s*([\d.]+)", output)
-    if match is None or "Non-2xx" in output:
+def served(output: str) -> tuple[float, int]:
+    """Requests/s and requests of one wrk run."""
+    rate, total = re.search(r"Requests/sec:\s*([\d.]+)", output), re.search(r"(\d+) requests in", output)
+    if rate is None or total is None or "Non-2xx" in output:
         raise SystemExit("wrk failed or got errors:\n" + output)
-    return float(match.group(1))
+    return float(rate.group(1)), int(total.group(1))
 
 
 def main() -> None:
@@ -140,16 +145,23 @@ def main() -> None:
                 wait_port(port)
             for port in ports:  # warm-up, one at a time
                 wrk(port, 2).communicate()
-            ratios = []
+            servers = [process.pid for process in processes[2:]]  # process groups: a server and its workers
+            by_rate, by_cpu = [], []
             for r in range(rounds):
                 order = ports if r % 2 == 0 else ports[::-1]
+                ticks = [group_cpu_ticks(pid) for pid in servers]
                 runs = {port: wrk(port, seconds) for port in order}
-                rates = [requests_per_second(runs[port].communicate()[0]) for port in ports]
-                ratios.append(rates[1] / rates[0])
-                print(f"round {r + 1}: {base} {rates[0]:,.0f} req/s, {other} {rates[1]:,.0f} req/s: "
-                      f"{ratios[-1]:.1%}", flush=True)
-            print(f"median: {other} keeps {statistics.median(ratios):.1%} of {base}'s requests/s "
-                  f"(rounds: {', '.join(f'{x:.1%}' for x in ratios)})")
+                results = [served(runs[port].communicate()[0]) for port in ports]
+                ticks = [group_cpu_ticks(pid) - before for pid, before in zip(servers, ticks, strict=True)]
+                cpu_us = [t / os.sysconf("SC_CLK_TCK") * 1e6 / n for t, (_, n) in zip(ticks, results, strict=True)]
+                by_rate.append(results[1][0] / results[0][0])
+                by_cpu.append(cpu_us[0] / cpu_us[1])
+                print(f"round {r + 1}: {base} {results[0][0]:,.0f} req/s {cpu_us[0]:.0f} us CPU/req, "
+                      f"{other} {results[1][0]:,.0f} req/s {cpu_us[1]:.0f} us CPU/req: "
+                      f"{by_rate[-1]:.1%} by req/s, {by_cpu[-1]:.1%} by CPU/req", flush=True)
+            print(f"median: {other} keeps {statistics.median(by_cpu):.1%} of {base}'s requests per CPU second "
+                  f"(rounds: {', '.join(f'{x:.1%}' for x in by_cpu)}) and {statistics.median(by_rate):.1%} of its "
+                  f"requests/s (rounds: {', '.join(f'{x:.1%}' for x in by_rate)})")
         finally:
             for process in processes:
                 process.terminate()
