@@ -55,7 +55,9 @@ def wait_port(port: int, seconds: float = 20) -> None:
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
 
 
-def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
+def start_nginx(work: Path, cpus: str, http: str) -> subprocess.Popen[bytes]:
+    """Debian's nginx, one worker on `cpus`, with `http` inside its http block; its files in `work`."""
+    work.mkdir(exist_ok=True)
     (work / "nginx.conf").write_text(f"""
 worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -63,24 +65,22 @@ http {{
     access_log off; client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
     fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
     keepalive_requests 1000000;
-    server {{ listen 127.0.0.1:{port} backlog=4096;
-              location = /plain {{ default_type text/plain; return 200 "ok\\n"; }} }}
+{http}
 }}""")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return subprocess.Popen(["taskset", "-c", LOAD_CPUS, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
-                             "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+    return subprocess.Popen(["taskset", "-c", cpus, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
+                             "-g", "daemon off;"], stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_upstream(work: Path, port: int) -> subprocess.Popen[bytes]:
+    return start_nginx(work, LOAD_CPUS, f"""
+    server {{ listen 127.0.0.1:{port} backlog=4096;
+              location = /plain {{ default_type text/plain; return 200 "ok\\n"; }} }}""")
 
 
 def start_nginx_proxy(work: Path, port: int, upstream_port: int) -> subprocess.Popen[bytes]:
     """nginx as the reference reverse proxy, configured as bench/run.sh configures it."""
-    work.mkdir()
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off; client_body_temp_path {work}/body; proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi; uwsgi_temp_path {work}/uwsgi; scgi_temp_path {work}/scgi;
-    keepalive_requests 1000000;
+    return start_nginx(work, PROXY_CPUS, f"""
     upstream origin {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
@@ -91,11 +91,7 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
         }}
-    }}
-}}""")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return subprocess.Popen(["taskset", "-c", PROXY_CPUS, nginx, "-p", str(work), "-c", str(work / "nginx.conf"),
-                             "-g", "daemon off;"], stderr=subprocess.DEVNULL, start_new_session=True)
+    }}""")
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
