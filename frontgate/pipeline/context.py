@@ -143,6 +143,7 @@ class RequestContext:
         self.scheme = scheme
         self.http_version = http_version
         self.started = time.monotonic()
+        self.trace = None  # also a class default, which the mypyc build leaves unset (see setup.py)
 
     @property
     def request_id(self) -> str:

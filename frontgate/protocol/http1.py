@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
+from mypy_extensions import mypyc_attr
+
 from frontgate.errors import BadRequest, HttpError, NotImplementedByGateway
 
 # Hop-by-hop fields (RFC 9110 §7.6.1) plus the legacy ones proxies still see; never forwarded.
@@ -140,8 +142,11 @@ def inspect_request_head(headers: list[tuple[bytes, bytes]], http_version: str) 
     )
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py), a native class would not keep these class attributes
 class HttpError417(HttpError):
-    status, code, message = 417, "expectation_failed", "Only 'Expect: 100-continue' is supported."
+    status = 417
+    code = "expectation_failed"
+    message = "Only 'Expect: 100-continue' is supported."
     close_connection = True
 
 

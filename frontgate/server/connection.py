@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from frontgate.config.compile import ROUTE_CACHE_SIZE
 from frontgate.errors import (
@@ -79,6 +80,7 @@ WAIT_NOTHING, WAIT_HEAD, WAIT_BODY, WAIT_IDLE = 0, 1, 2, 3
 _HEAD_SLACK = 1024
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # TlsConnection extends it
 class HttpConnection(asyncio.Protocol):
     _after_handshake = b""  # what the client sent after a WebSocket handshake, kept for the tunnel
 

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from frontgate.config.compile import CompiledRoute, Runtime
 from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead, settled
@@ -77,14 +79,19 @@ _NEVER = float("inf")
 _PLAIN_CONNECTION_TOKENS = frozenset({b"close", b"keep-alive"})
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py), a native class would not keep these class attributes
 class NoHealthyTarget(ServiceUnavailable):
-    code, message = "no_healthy_upstream", "No healthy upstream target is available."
+    code = "no_healthy_upstream"
+    message = "No healthy upstream target is available."
 
 
+@mypyc_attr(native_class=False)
 class CircuitOpen(ServiceUnavailable):
-    code, message = "circuit_open", "The upstream is overloaded or failing; try again later."
+    code = "circuit_open"
+    message = "The upstream is overloaded or failing; try again later."
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # H2Exchange and WebSocketHandshake extend it
 class Exchange:
     # Per-request state starts from these class-level defaults: only what differs per request is set in
     # __init__, which runs for every request (no __slots__, so an attribute can fall back to its default).
@@ -136,6 +143,7 @@ class Exchange:
         self.body_complete = self.upstream_body_done = not (framing.chunked or framing.content_length)
         self._pending: list[bytes] = []
         self._tried: list[Target] = []
+        self.upstream = None  # also a class default, which the mypyc build leaves unset (see setup.py)
         if conn.gateway.record_tries:
             ctx.tries = []  # for metrics, traces and the access log (see RequestContext.tries)
 

@@ -13,6 +13,7 @@ from collections.abc import Set
 from typing import Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from frontgate.errors import BadGateway, HttpError
 from frontgate.protocol.http1 import HOP_BY_HOP, LAST_CHUNK, chunk, header_tokens
@@ -21,12 +22,14 @@ _NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _PLAIN_CONNECTION_VALUES = frozenset({b"keep-alive", b"close"})
 
 
+@mypyc_attr(native_class=False)  # compiled (setup.py), a native class would not keep these class attributes
 class UpstreamReset(BadGateway):
     """The upstream closed or reset the connection before the response was complete."""
 
     message = "The upstream service closed the connection."
 
 
+@mypyc_attr(native_class=False)
 class UpstreamProtocolError(BadGateway):
     message = "The upstream service gave an invalid response."
 
