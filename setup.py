@@ -2,7 +2,7 @@
 mypyc, from the same type-checked source: about a third fewer instructions per request (BENCHMARKS.md).
 
 mypyc type-checks the whole program, so it needs frontgate's dependencies and mypy installed: build it in
-the environment that has them, after a plain install (`./scripts/test` does both):
+the environment that has them, after a plain install:
 
     pip install -e '.[test]'
     FRONTGATE_NATIVE=1 pip install --no-build-isolation --no-deps -e .
