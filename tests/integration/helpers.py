@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,18 +22,33 @@ from typing import Any
 
 import httptools
 
+# Ports for servers the tests start, below the range the kernel takes outgoing connections' ports from
+# (32768-60999 on Linux): a port the kernel picked for us there could be taken by some test's connection
+# between the pick and the server's bind.
+_PORTS = range(20000, 32000)
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    for _ in range(200):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as sock:  # all tried were taken: whatever the kernel gives
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None,
+                  log_path: Path | None = None) -> None:
+    """Wait until something listens on `port`; with `process`, fail at once (with its log) if it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
+        if process is not None and process.poll() is not None:
+            log = log_path.read_text(errors="replace")[-3000:] if log_path is not None else ""
+            raise RuntimeError(f"the gateway exited with {process.returncode} before listening on {port}:\n{log}")
         time.sleep(0.02)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
@@ -237,9 +253,9 @@ def run_gateway(tmp_path: Path, config: dict[str, Any], workers: int = 1,
         )
     gateway = RunningGateway(process, port, admin_port, config_path, log_path)
     try:
-        wait_for_port(port)
+        wait_for_port(port, process=process, log_path=log_path)
         if admin_port:
-            wait_for_port(admin_port)
+            wait_for_port(admin_port, process=process, log_path=log_path)
         yield gateway
     finally:
         if process.poll() is None:
