@@ -17,10 +17,12 @@ from pydantic import BaseModel
 from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, WebSocket
+from frontgate.errors import HttpError, MethodNotAllowed
 from frontgate.pipeline.context import RequestContext, RequestHook, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
+from frontgate.plugins.cors import CorsPlugin, is_preflight, requested_method
 from frontgate.routing.router import Router
 from frontgate.routing.split import UpstreamSplit, sticky_key_from
 from frontgate.server.tls import CertificateSelector, certificate_selector
@@ -101,6 +103,21 @@ class Runtime:
 
     def host_declared(self, host: str) -> bool:
         return host in self.declared_hosts or any(host.endswith(w) for w in self.wildcard_hosts)
+
+    def preflight_route(self, method: str, host: str, path: str, headers: list[tuple[bytes, bytes]],
+                        error: HttpError) -> CompiledRoute | None:
+        """For a request the router refused with 405: when it is a CORS preflight, the route of the method it
+        asks about, if that route has CORS on (its `cors` plugin answers the preflight; frontgate/plugins/cors.py)."""
+        if not isinstance(error, MethodNotAllowed) or not is_preflight(method, headers):
+            return None
+        asked = requested_method(headers)
+        if asked is None:
+            return None
+        try:
+            route = self.router.match(asked, host, path, headers if self.routes_on_headers else ())
+        except HttpError:
+            return None
+        return route if any(plugin.name == CorsPlugin.name for plugin in route.plugins) else None
 
     def plugins(self) -> list[Plugin]:
         seen: dict[int, Plugin] = {id(p): p for p in self.unrouted_plugins}

@@ -245,6 +245,14 @@ class ResponseHead:
             self._added = [(k, v) for k, v in self._added if k != name]
             self._added.append((name, value))
 
+    def remove(self, name: bytes) -> None:
+        """Drop every copy of `name` (lowercase)."""
+        if self._headers is not None:
+            self._headers[:] = [(k, v) for k, v in self._headers if k != name]
+        else:
+            self._dropped.add(name)
+            self._added = [(k, v) for k, v in self._added if k != name]
+
     def lines(self) -> list[bytes]:
         """The headers as `name: value\r\n` lines, ready to write."""
         if self._headers is not None:

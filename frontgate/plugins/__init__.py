@@ -8,6 +8,7 @@ from frontgate.plugins.allow import AllowPlugin
 from frontgate.plugins.api_key import ApiKeyPlugin
 from frontgate.plugins.base import Plugin
 from frontgate.plugins.body_limit import BodyLimitPlugin
+from frontgate.plugins.cors import CorsPlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
 from frontgate.plugins.ip_restriction import IpRestrictionPlugin
 from frontgate.plugins.jwt import JwtPlugin
@@ -21,7 +22,7 @@ REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin)
+                RateLimitPlugin, CorsPlugin)
 }
 
 

@@ -290,7 +290,12 @@ class H2Connection(asyncio.Protocol):
         try:
             route = runtime.router.match(method, host, path, ctx.headers if runtime.routes_on_headers else ())
         except (NotFound, MethodNotAllowed) as error:
-            exchange = H2Exchange(stream, runtime, ctx, framing, None, error)
+            preflight_route = runtime.preflight_route(method, host, path, ctx.headers, error)
+            if preflight_route is None:
+                exchange = H2Exchange(stream, runtime, ctx, framing, None, error)
+            else:
+                ctx.route = preflight_route
+                exchange = H2Exchange(stream, runtime, ctx, framing, preflight_route, None)
         else:
             ctx.route = route
             if content_length is not None and content_length > route.max_body_bytes:
