@@ -499,7 +499,8 @@ class Store(Model):
         None,
         description="redis://[[user]:pass@]host:port/db, rediss:// (TLS), unix:///path, "
         "redis+sentinel://host:port[,host:port]/MASTER[/db] or redis+cluster://host:port[,host:port]; "
-        "absent: in-process memory, right for a single instance.",
+        "absent or empty (`${REDIS_URL:-}` with the variable unset): in-process memory, right for a single "
+        "instance.",
     )
     timeout: Duration = Field(0.02, gt=0, le=10, description="Bound on one whole store decision, retries included.")
     on_failure: Literal["open", "closed"] = Field(
@@ -509,6 +510,8 @@ class Store(Model):
     @field_validator("redis")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # empty: as if absent, so one file serves with and without a Redis
         scheme, sep, rest = (value or "").partition("://")
         if value is not None and (not sep or not rest or scheme.lower() not in _STORE_SCHEMES):
             schemes = ", ".join(s + "://" for s in _STORE_SCHEMES)
