@@ -146,9 +146,13 @@ def _explain(console: object, runtime: object, method: str, url: str, header_arg
     try:
         route = runtime.router.match(method, host, path, headers)
     except HttpError as error:
-        extra = "".join(f" ({k.decode()}: {v.decode()})" for k, v in error.headers)
-        print(f"=> {error.status} {error.code}{extra}")
-        return EXIT_OK
+        preflight_route = runtime.preflight_route(method, host, path, headers, error)
+        if preflight_route is None:
+            extra = "".join(f" ({k.decode()}: {v.decode()})" for k, v in error.headers)
+            print(f"=> {error.status} {error.code}{extra}")
+            return EXIT_OK
+        print("  a CORS preflight: matched as the method it asks about; the cors plugin answers it")
+        route = preflight_route
     split = ", ".join(f"{w.upstream} weight {w.weight}" for w in route.config.split)
     targets = ", ".join(t.url for name in route.clusters for t in route.clusters[name].targets)
     print(f"=> route {route.name}: upstream {split} [{targets}]")

@@ -92,6 +92,23 @@ def test_routes_explains_where_a_request_goes(config: Path) -> None:
     assert "=> 405 method_not_allowed (allow: GET, HEAD, POST)" in wrong_method.stdout
 
 
+def test_routes_explains_a_cors_preflight_on_a_route_without_options(tmp_path: Path) -> None:
+    config = tmp_path / "cors.yaml"
+    config.write_text("""\
+version: 1
+upstreams: {app: {targets: ["http://127.0.0.1:9"]}}
+plugins: {cors: {origins: ["https://app.example.com"]}}
+routes:
+  - {name: orders, match: {paths: [/orders], methods: [GET]}, to: app}
+""")
+    preflight = frontgate("routes", "-c", str(config), "OPTIONS", "http://x/orders", "-H",
+                          "Origin: https://app.example.com", "-H", "Access-Control-Request-Method: GET")
+    assert "a CORS preflight" in preflight.stdout and "=> route orders" in preflight.stdout
+    assert "plugins in order: cors" in preflight.stdout
+    plain = frontgate("routes", "-c", str(config), "OPTIONS", "http://x/orders")
+    assert "=> 405 method_not_allowed" in plain.stdout
+
+
 def test_policy_tests_pass_and_fail_with_exit_codes(config: Path, tmp_path: Path) -> None:
     tests = tmp_path / "tests.yaml"
     tests.write_text("""\
