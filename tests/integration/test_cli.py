@@ -92,7 +92,7 @@ def test_routes_explains_where_a_request_goes(config: Path) -> None:
     assert "=> 405 method_not_allowed (allow: GET, HEAD, POST)" in wrong_method.stdout
 
 
-def test_routes_explains_a_cors_preflight_on_a_route_without_options(tmp_path: Path) -> None:
+def test_routes_and_policy_tests_know_a_cors_preflight_on_a_route_without_options(tmp_path: Path) -> None:
     config = tmp_path / "cors.yaml"
     config.write_text("""\
 version: 1
@@ -107,6 +107,19 @@ routes:
     assert "plugins in order: cors" in preflight.stdout
     plain = frontgate("routes", "-c", str(config), "OPTIONS", "http://x/orders")
     assert "=> 405 method_not_allowed" in plain.stdout
+    tests = tmp_path / "tests.yaml"
+    tests.write_text("""\
+tests:
+  - name: browsers may ask before they GET
+    request: {method: OPTIONS, url: /orders,
+              headers: {origin: "https://app.example.com", access-control-request-method: GET}}
+    expect: {status: 204, route: orders}
+  - name: a plain OPTIONS is still refused
+    request: {method: OPTIONS, url: /orders}
+    expect: {status: 405}
+""")
+    done = frontgate("test", "-c", str(config), str(tests))
+    assert done.returncode == 0, done.stdout
 
 
 def test_policy_tests_pass_and_fail_with_exit_codes(config: Path, tmp_path: Path) -> None:
