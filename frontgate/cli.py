@@ -10,12 +10,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from frontgate import __version__
 from frontgate.config.loader import LoadedConfig, load_config
 from frontgate.errors import ConfigError, HttpError
 from frontgate.plugins import plugin_models
+
+if TYPE_CHECKING:
+    from frontgate.config.compile import CompiledRoute
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
@@ -110,7 +114,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 parts.append("methods " + ",".join(match.methods))
             parts += [f"header {k}={v}" for k, v in match.headers.items()]
             to = ", ".join(f"{w.upstream} ({w.weight})" if len(route.config.split) > 1 else w.upstream
-                           for w in route.config.split)
+                           for w in route.config.split) or _legs(route)
             table.add_row(route.name, "\n".join(parts), to, ", ".join(p.name for p in route.plugins) or "-")
         console.print(table)
         return EXIT_OK
@@ -153,11 +157,20 @@ def _explain(console: object, runtime: object, method: str, url: str, header_arg
             return EXIT_OK
         print("  a CORS preflight: matched as the method it asks about; the cors plugin answers it")
         route = preflight_route
-    split = ", ".join(f"{w.upstream} weight {w.weight}" for w in route.config.split)
     targets = ", ".join(t.url for name in route.clusters for t in route.clusters[name].targets)
-    print(f"=> route {route.name}: upstream {split} [{targets}]")
+    if route.config.aggregate:
+        print(f"=> route {route.name}: {_legs(route)} [{targets}]")
+    else:
+        split = ", ".join(f"{w.upstream} weight {w.weight}" for w in route.config.split)
+        print(f"=> route {route.name}: upstream {split} [{targets}]")
     print(f"   plugins in order: {', '.join(p.name for p in route.plugins) or 'none'}")
     return EXIT_OK
+
+
+def _legs(route: CompiledRoute) -> str:
+    legs = route.config.aggregate or {}
+    return "aggregate of " + ", ".join(f"{key} ({leg.upstream}{', required' if leg.required else ''})"
+                                       for key, leg in legs.items())
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from frontgate.plugins.body_limit import BodyLimitConfig
 from frontgate.plugins.cors import CorsPlugin, is_preflight, requested_method
 from frontgate.routing.router import Router
 from frontgate.routing.split import UpstreamSplit, sticky_key_from
+from frontgate.server.aggregate import Leg, compile_legs
 from frontgate.server.tls import CertificateSelector, certificate_selector
 from frontgate.upstream.cluster import UpstreamCluster, UpstreamRegistry
 from frontgate.upstream.pool import PoolKey
@@ -53,6 +54,7 @@ class CompiledRoute:
     max_body_bytes: int
     retry: RetryPolicy
     only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
+    aggregate: tuple[Leg, ...] | None  # an aggregate route's upstream calls (then `split` picks nothing)
     deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
     websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
@@ -202,12 +204,14 @@ def _compile_route(
         max_body = min(max_body, body_limit.value)
 
     split = route.split
+    legs = route.aggregate or {}
     return CompiledRoute(
         name=route.name,
         config=route,
-        split=UpstreamSplit([(w.upstream, w.weight) for w in split]),
+        split=UpstreamSplit([(w.upstream, w.weight) for w in split] or [("", 1)]),  # aggregate: never picked
         sticky_key=sticky_key_from(route.sticky_on) if len(split) > 1 else None,
-        clusters={w.upstream: clusters[w.upstream] for w in split},
+        clusters={**{w.upstream: clusters[w.upstream] for w in split},
+                  **{leg.upstream: clusters[leg.upstream] for leg in legs.values()}},
         plugins=tuple(plugins),
         request_hooks=compose_request_hooks(plugins, route, build),
         response_hooks=tuple(p.on_response for p in reversed(plugins) if p.uses("on_response")),
@@ -216,9 +220,10 @@ def _compile_route(
         max_body_bytes=max_body,
         retry=RetryPolicy.from_config(route.retry),
         only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
+        aggregate=compile_legs(legs, clusters) if legs else None,
         deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
         # WebSocket needs an HTTP/1.1 upstream (no RFC 8441 to HTTP/2 ones): a route to an HTTP/2 upstream
         # serves handshakes as plain HTTP, as with `websocket: {enabled: false}`.
-        websocket=route.websocket if route.websocket.enabled and all(
+        websocket=route.websocket if route.websocket.enabled and split and all(
             config.upstreams[w.upstream].protocol == "http" for w in split) else None,
     )

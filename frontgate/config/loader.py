@@ -397,6 +397,10 @@ def _upstream_references(data: dict[str, Any], root: Node) -> list[ConfigProblem
                           for i, split in enumerate(to) if isinstance(split, dict)]
         else:
             references = []
+        legs = route.get("aggregate") if isinstance(route, dict) else None
+        if isinstance(legs, dict):
+            references += [(["routes", index, "aggregate", key, "upstream"], leg.get("upstream"))
+                           for key, leg in legs.items() if isinstance(leg, dict)]
         for segments, name in references:
             if isinstance(name, str) and name not in upstreams:
                 message = f"unknown upstream '{name}' (declared: {declared})"

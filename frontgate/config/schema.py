@@ -390,10 +390,43 @@ class WebSocket(Model):
     )
 
 
+# A leg's path may name request values in braces; they are filled in URL-encoded (frontgate/server/aggregate.py).
+LEG_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_LEG_VALUE = re.compile(r"^(?:jwt\.[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*|consumer|header\.[A-Za-z0-9-]+"
+                        r"|query\.[A-Za-z0-9_.~-]+)$")
+
+
+class AggregateLeg(Model):
+    """One upstream call of an aggregate route; its JSON answer becomes one key of the response."""
+
+    upstream: str
+    path: str = Field(description="Path and query for the upstream; {jwt.CLAIM}, {consumer}, {header.NAME} "
+                      "and {query.NAME} are filled in from the request, URL-encoded.")
+    required: bool = Field(False, description="A failed required leg fails the whole response (503); an "
+                           "optional one gives null and a `Gateway-Partial` header.")
+    timeout: Duration | None = Field(None, gt=0, description="This leg's own deadline (default: the route's).")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("a leg's path starts with '/'")
+        for name in LEG_PLACEHOLDER.findall(value):
+            if not _LEG_VALUE.match(name):
+                raise ValueError(f"unknown value {{{name}}}: use jwt.CLAIM, consumer, header.NAME or query.NAME")
+        if any(c in value for c in " \r\n\t#") or value.count("{") != value.count("}"):
+            raise ValueError("a leg's path holds spaces, control characters, '#' or unbalanced braces")
+        return value
+
+
 class Route(Model):
     name: str = Field(min_length=1)
     match: Match
-    to: str | list[WeightedUpstream] = Field(description="An upstream name, or a weighted list (canary).")
+    to: str | list[WeightedUpstream] | None = Field(
+        None, description="An upstream name, or a weighted list (canary); or `aggregate` instead.")
+    aggregate: dict[str, AggregateLeg] | None = Field(
+        None, description="Answer with one JSON object whose keys are the JSON answers of upstream calls made "
+        "in parallel (a backend for frontend), instead of proxying to `to`.")
     sticky_on: str | None = Field(
         None,
         description="Cohort key for weighted lists: ip, header:NAME, cookie:NAME or jwt.CLAIM.",
@@ -423,8 +456,24 @@ class Route(Model):
     def _sticky(cls, value: str | None) -> str | None:
         return None if value is None else _check_key_spec(value, "sticky_on")
 
+    @field_validator("aggregate")
+    @classmethod
+    def _legs(cls, value: dict[str, AggregateLeg] | None) -> dict[str, AggregateLeg] | None:
+        if value is not None and not value:
+            raise ValueError("an aggregate needs at least one leg")
+        return value
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> Route:
+        if (self.to is None) == (self.aggregate is None):
+            raise ValueError("a route needs exactly one of `to` (proxy) and `aggregate` (combine upstream calls)")
+        return self
+
     @property
     def split(self) -> list[WeightedUpstream]:
+        """Where `to` sends requests; empty for an aggregate route."""
+        if self.to is None:
+            return []
         if isinstance(self.to, str):
             return [WeightedUpstream(upstream=self.to, weight=1)]
         return self.to

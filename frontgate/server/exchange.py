@@ -30,6 +30,7 @@ from frontgate.protocol.http1 import (
     forwarded_response_head,
     split_lines,
 )
+from frontgate.server.aggregate import aggregate
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamChannel, UpstreamReset
 from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
@@ -285,6 +286,11 @@ class Exchange:
 
     def _dispatch(self, route: CompiledRoute) -> None:
         """Choose the upstream (cohort) once; then try targets until one answers or the policy says stop."""
+        if route.aggregate is not None:  # no single upstream: calls to several, combined (server/aggregate.py)
+            # Its legs end by the route's deadline, and the aggregate answers then (not the 504 timer).
+            deadline = self.conn.loop.time() + route.timeout
+            self._task = self.conn.loop.create_task(aggregate(self, route.aggregate, deadline))
+            return
         ctx = self.ctx
         cluster = route.only_cluster
         if cluster is None:

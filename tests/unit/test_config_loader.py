@@ -554,7 +554,7 @@ def test_missing_required_field_points_at_the_mapping_that_lacks_it(tmp_path: Pa
             to: [{upstream: orders, weight: 9}, {upstream: payments}]
         """, head=True)
     assert problems([path]) == [
-        f"{path}:6:5: routes[0].to: field required",
+        f"{path}:6:5: routes[0]: a route needs exactly one of `to` (proxy) and `aggregate` (combine upstream calls)",
         f"{path}:10:41: routes[1].to[1].weight: field required",
     ]
 
@@ -801,4 +801,31 @@ def test_route_websocket_settings_load_with_units_and_mistakes_name_the_field(tm
         f"{bad}:9:54: routes[0].websocket.max_message_bytes: must be greater than 0",
         f"{bad}:9:57: routes[0].websocket.max_mesage_bytes: unknown field 'max_mesage_bytes' (expected one of: "
         "enabled, idle_timeout, max_message_bytes)",
+    ]
+
+
+# --- aggregate routes -----------------------------------------------------------------------------------
+
+
+def test_aggregate_legs_are_checked_like_routes(tmp_path: Path) -> None:
+    path = write(tmp_path, "gw.yaml", """\
+        routes:
+          - name: home
+            match: {exact: [/home]}
+            aggregate:
+              profile: {upstream: orders, path: "/users/{jwt.sub}", required: true, timeout: 300ms}
+              recs: {upstream: recs, path: "/recs/{jwt.sub}"}
+              odd: {upstream: orders, path: "/x/{cookie.id}"}
+              bare: {upstream: orders, path: "users"}
+          - name: both
+            match: {exact: [/both]}
+            to: orders
+            aggregate: {a: {upstream: orders, path: /a}}
+        """, head=True)
+    assert problems([path]) == [
+        f"{path}:10:24: routes[0].aggregate.recs.upstream: unknown upstream 'recs' (declared: orders, payments)",
+        f"{path}:11:37: routes[0].aggregate.odd.path: unknown value {{cookie.id}}: use jwt.CLAIM, consumer, "
+        "header.NAME or query.NAME",
+        f"{path}:12:38: routes[0].aggregate.bare.path: a leg's path starts with '/'",
+        f"{path}:13:5: routes[1]: a route needs exactly one of `to` (proxy) and `aggregate` (combine upstream calls)",
     ]
