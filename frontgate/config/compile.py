@@ -18,7 +18,7 @@ from frontgate.auth.chain import compose_request_hooks
 from frontgate.config.loader import LoadedConfig
 from frontgate.config.schema import GatewayConfig, Route, WebSocket
 from frontgate.errors import HttpError, MethodNotAllowed
-from frontgate.pipeline.context import RequestContext, RequestHook, RequestSummary, ResponseHead
+from frontgate.pipeline.context import Reply, RequestContext, RequestHook, RequestSummary, ResponseHead
 from frontgate.plugins import REGISTRY
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
 from frontgate.plugins.body_limit import BodyLimitConfig
@@ -34,6 +34,7 @@ from frontgate.upstream.tls import upstream_tls_context
 
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
 LogHook = Callable[[RequestContext, RequestSummary], None]
+BodyHook = Callable[[RequestContext, bytes], Reply | None]
 StickyKey = Callable[[Sequence[tuple[bytes, bytes]], str, Any], bytes | None]
 
 DEFAULT_ROUTE_TIMEOUT = 60.0  # like nginx's proxy_read_timeout; routes set their own
@@ -55,6 +56,7 @@ class CompiledRoute:
     retry: RetryPolicy
     only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
     aggregate: tuple[Leg, ...] | None  # an aggregate route's upstream calls (then `split` picks nothing)
+    body_hooks: tuple[BodyHook, ...]  # plugins that read the whole request body (then it is buffered)
     deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
     websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
@@ -202,6 +204,9 @@ def _compile_route(
     body_limit = effective.get("body_limit")
     if isinstance(body_limit, BodyLimitConfig) and body_limit.enabled:
         max_body = min(max_body, body_limit.value)
+    body_readers = [p for p in plugins if p.uses("on_body")]
+    for reader in body_readers:
+        max_body = min(max_body, reader.body_limit)  # a body read whole is bounded by every reader's limit
 
     split = route.split
     legs = route.aggregate or {}
@@ -221,6 +226,7 @@ def _compile_route(
         retry=RetryPolicy.from_config(route.retry),
         only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
         aggregate=compile_legs(legs, clusters) if legs else None,
+        body_hooks=tuple(p.on_body for p in body_readers),
         deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
         # WebSocket needs an HTTP/1.1 upstream (no RFC 8441 to HTTP/2 ones): a route to an HTTP/2 upstream
         # serves handshakes as plain HTTP, as with `websocket: {enabled: false}`.

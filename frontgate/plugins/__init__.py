@@ -17,12 +17,13 @@ from frontgate.plugins.oauth2_introspection import IntrospectionPlugin
 from frontgate.plugins.rate_limit import RateLimitPlugin
 from frontgate.plugins.request_id import RequestIdPlugin
 from frontgate.plugins.rewrite import RewritePlugin
+from frontgate.plugins.validate import ValidatePlugin
 
 REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin, CorsPlugin)
+                RateLimitPlugin, CorsPlugin, ValidatePlugin)
 }
 
 

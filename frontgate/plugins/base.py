@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from frontgate.config.schema import GatewayConfig, Route
-from frontgate.pipeline.context import HookResult, RequestContext, RequestHook, RequestSummary, ResponseHead
+from frontgate.pipeline.context import HookResult, Reply, RequestContext, RequestHook, RequestSummary, ResponseHead
 
 
 class PluginConfig(BaseModel):
@@ -54,6 +54,15 @@ class Plugin:
         """What the chain calls per request: `on_request`, unless the plugin compiles something leaner for its
         config."""
         return self.on_request
+
+    # A plugin that implements `on_body` makes its routes read request bodies whole (up to this many bytes;
+    # 413 beyond) before anything goes upstream. Everything else streams.
+    body_limit: int = 1024 * 1024
+
+    def on_body(self, ctx: RequestContext, body: bytes) -> Reply | None:
+        """The whole request body (after every request hook): inspect it; return a Reply (or raise an
+        HttpError) to answer here. The body then goes upstream unchanged."""
+        return None
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
         """Change the response status line or headers before they are written."""

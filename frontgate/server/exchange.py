@@ -121,6 +121,8 @@ class Exchange:
     _try_timer: asyncio.TimerHandle | None = None
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
+    _awaiting_body = False  # the route's body hooks wait for the whole request body
+    _body_checked = False
 
     def __init__(
         self,
@@ -251,11 +253,16 @@ class Exchange:
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes > BODY_BUFFER_HIGH_WATER:
+        if self._pending_bytes > BODY_BUFFER_HIGH_WATER and not self._awaiting_body:
             self.conn.pause_reading_for("body")
 
     def request_complete(self) -> None:
         self.body_complete = True
+        if self._awaiting_body:
+            self._awaiting_body = False
+            assert self.route is not None
+            self._dispatch(self.route)
+            return
         if self.upstream is not None and not self._pending and not self.upstream_body_done:
             self._end_upstream_body(self.upstream)
 
@@ -286,6 +293,14 @@ class Exchange:
 
     def _dispatch(self, route: CompiledRoute) -> None:
         """Choose the upstream (cohort) once; then try targets until one answers or the policy says stop."""
+        if route.body_hooks and not self._body_checked:
+            if not self.body_complete:  # read the whole body first (bounded by max_body_bytes); then on
+                self._awaiting_body = True
+                self.conn.resume_reading_for("body")
+                return
+            self._body_checked = True
+            if not self._body_passes(route):
+                return
         if route.aggregate is not None:  # no single upstream: calls to several, combined (server/aggregate.py)
             # Its legs end by the route's deadline, and the aggregate answers then (not the 504 timer).
             deadline = self.conn.loop.time() + route.timeout
@@ -302,6 +317,24 @@ class Exchange:
             self._replay = []  # replay-safe: keep what is sent, so a retry can send it again
         self.deadline = self._deadline = self.conn.loop.time() + route.timeout
         self._attempt()
+
+    def _body_passes(self, route: CompiledRoute) -> bool:
+        """Run the body hooks over the whole (buffered) request body; False when one answered."""
+        body = b"".join(self._pending)
+        try:
+            for hook in route.body_hooks:
+                reply = hook(self.ctx, body)
+                if reply is not None:
+                    self.send_reply(reply)
+                    return False
+        except HttpError as error:
+            self.fail(error)
+            return False
+        except Exception:
+            log.exception("unexpected error in route %s", route.name)
+            self.fail(HttpError())
+            return False
+        return True
 
     def _attempt(self) -> None:
         self._backoff = None
