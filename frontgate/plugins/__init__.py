@@ -9,6 +9,7 @@ from frontgate.plugins.api_key import ApiKeyPlugin
 from frontgate.plugins.base import Plugin
 from frontgate.plugins.body_limit import BodyLimitPlugin
 from frontgate.plugins.cors import CorsPlugin
+from frontgate.plugins.graphql import GraphqlPlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
 from frontgate.plugins.ip_restriction import IpRestrictionPlugin
 from frontgate.plugins.jwt import JwtPlugin
@@ -23,7 +24,7 @@ REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin, CorsPlugin, ValidatePlugin)
+                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin)
 }
 
 
