@@ -34,7 +34,8 @@ from frontgate.upstream.tls import upstream_tls_context
 
 ResponseHook = Callable[[RequestContext, ResponseHead], None]
 LogHook = Callable[[RequestContext, RequestSummary], None]
-BodyHook = Callable[[RequestContext, bytes], Reply | None]
+BodyHook = Callable[[RequestContext, bytes], Reply | bytes | None]
+ResponseBodyHook = Callable[[RequestContext, ResponseHead, bytes], bytes]
 StickyKey = Callable[[Sequence[tuple[bytes, bytes]], str, Any], bytes | None]
 
 DEFAULT_ROUTE_TIMEOUT = 60.0  # like nginx's proxy_read_timeout; routes set their own
@@ -57,6 +58,8 @@ class CompiledRoute:
     only_cluster: UpstreamCluster | None  # set when the route has a single upstream: no split to pick
     aggregate: tuple[Leg, ...] | None  # an aggregate route's upstream calls (then `split` picks nothing)
     body_hooks: tuple[BodyHook, ...]  # plugins that read the whole request body (then it is buffered)
+    response_body_hooks: tuple[ResponseBodyHook, ...]  # plugins that change whole response bodies
+    response_body_limit: int  # bytes of a response held for them; 502 beyond
     deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
     websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
@@ -227,6 +230,8 @@ def _compile_route(
         only_cluster=clusters[split[0].upstream] if len(split) == 1 else None,
         aggregate=compile_legs(legs, clusters) if legs else None,
         body_hooks=tuple(p.on_body for p in body_readers),
+        response_body_hooks=tuple(p.on_response_body for p in reversed(plugins) if p.uses("on_response_body")),
+        response_body_limit=min((p.body_limit for p in plugins if p.uses("on_response_body")), default=0),
         deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
         # WebSocket needs an HTTP/1.1 upstream (no RFC 8441 to HTTP/2 ones): a route to an HTTP/2 upstream
         # serves handshakes as plain HTTP, as with `websocket: {enabled: false}`.

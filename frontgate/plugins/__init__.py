@@ -19,12 +19,13 @@ from frontgate.plugins.rate_limit import RateLimitPlugin
 from frontgate.plugins.request_id import RequestIdPlugin
 from frontgate.plugins.rewrite import RewritePlugin
 from frontgate.plugins.validate import ValidatePlugin
+from frontgate.plugins.xml_json import XmlJsonPlugin
 
 REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin)
+                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin, XmlJsonPlugin)
 }
 
 

@@ -59,10 +59,17 @@ class Plugin:
     # 413 beyond) before anything goes upstream. Everything else streams.
     body_limit: int = 1024 * 1024
 
-    def on_body(self, ctx: RequestContext, body: bytes) -> Reply | None:
+    def on_body(self, ctx: RequestContext, body: bytes) -> Reply | bytes | None:
         """The whole request body (after every request hook): inspect it; return a Reply (or raise an
-        HttpError) to answer here. The body then goes upstream unchanged."""
+        HttpError) to answer here, or bytes to send upstream instead (with their own Content-Length; set
+        the Content-Type to match with `ctx.set_header`). None sends the body on unchanged."""
         return None
+
+    def on_response_body(self, ctx: RequestContext, head: ResponseHead, body: bytes) -> bytes:
+        """The whole upstream response body (a plugin implementing this makes its routes hold responses
+        until complete, up to `body_limit`; 502 beyond). Return the body to send; `head` may be changed
+        (its Content-Length is set from what is returned). Not called for HEAD, 1xx, 204 and 304."""
+        return body
 
     def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
         """Change the response status line or headers before they are written."""

@@ -14,12 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from mypy_extensions import mypyc_attr
 
 from frontgate.config.compile import CompiledRoute, Runtime
-from frontgate.errors import GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
+from frontgate.errors import BadGateway, GatewayTimeout, HttpError, PayloadTooLarge, ServiceUnavailable
 from frontgate.pipeline.context import Reply, RequestContext, RequestSummary, ResponseHead, settled
 from frontgate.pipeline.eager import start_eagerly
 from frontgate.protocol.http1 import (
@@ -87,6 +88,12 @@ class NoHealthyTarget(ServiceUnavailable):
 
 
 @mypyc_attr(native_class=False)
+class UpstreamResponseTooLarge(BadGateway):
+    code = "upstream_response_too_large"
+    message = "The upstream's response is too large for this route to transform."
+
+
+@mypyc_attr(native_class=False)
 class CircuitOpen(ServiceUnavailable):
     code = "circuit_open"
     message = "The upstream is overloaded or failing; try again later."
@@ -122,6 +129,10 @@ class Exchange:
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
     _awaiting_body = False  # the route's body hooks wait for the whole request body
+    # A response held for the route's response-body hooks: (status, lines, has_date), and its body so far
+    _held: tuple[int, list[bytes], bool] | None = None
+    _held_body: list[bytes] | None = None
+    _held_bytes = 0
     _body_checked = False
 
     def __init__(
@@ -324,7 +335,11 @@ class Exchange:
         try:
             for hook in route.body_hooks:
                 reply = hook(self.ctx, body)
-                if reply is not None:
+                if isinstance(reply, bytes):  # a new body, sent with its own length
+                    body = reply
+                    self._pending, self._pending_bytes = [body], len(body)
+                    self.framing = replace(self.framing, content_length=len(body), chunked=False)
+                elif reply is not None:
                     self.send_reply(reply)
                     return False
         except HttpError as error:
@@ -505,6 +520,10 @@ class Exchange:
         assert self.route is not None
         next_deadline = self.last_upstream_activity + self.route.timeout
         if next_deadline <= now:
+            if self._held is not None:  # nothing sent yet: a 504, not a cut
+                self._drop_upstream()
+                self._end_try(ok=False)
+                self._unhold()
             self.fail(GatewayTimeout())  # the response started: this cuts the connection
         else:
             self.deadline = next_deadline
@@ -546,7 +565,43 @@ class Exchange:
         added = self.ctx.response_lines_add
         if added:  # `lines` is this response's own list (a fresh one per response upstream): extended in place
             lines += added
+        if route.response_body_hooks and not self.head_only and status >= 200 and status not in (204, 304):
+            self._held, self._held_body, self._held_bytes = (status, lines, has_date), [], 0
+            return
         self._send_head(status, lines, None if chunked else content_length, has_date)
+
+    def _hold_body(self, data: bytes) -> None:
+        """A held response's body, kept until it is complete (up to the route's limit: 502 beyond)."""
+        assert self._held_body is not None and self.route is not None
+        self._held_bytes += len(data)
+        self.last_upstream_activity = self.conn.loop.time()
+        if self._held_bytes > self.route.response_body_limit:
+            self._drop_upstream()
+            self._end_try(ok=False)
+            self._unhold()
+            self.fail(UpstreamResponseTooLarge())
+            return
+        self._held_body.append(data)
+
+    def _unhold(self) -> None:
+        """Nothing of a held response was sent: the client may still get a clean error instead."""
+        self._held = self._held_body = None
+        self.response_started = False
+
+    def _release_held(self) -> None:
+        """The held response is complete: let the hooks change it, then send it whole."""
+        held, body_parts = self._held, self._held_body
+        assert held is not None and body_parts is not None and self.route is not None
+        self._held = self._held_body = None
+        status, lines, has_date = held
+        head = ResponseHead(status, lines=lines)
+        body = b"".join(body_parts)
+        for hook in self.route.response_body_hooks:
+            body = hook(self.ctx, head, body)
+        self.status = head.status
+        self._send_head(head.status, head.lines(), len(body), has_date)
+        if body:
+            self.response_body(body)
 
     def _send_head(self, status: int, lines: list[bytes], content_length: int | None, has_date: bool) -> None:
         """Write the response head to the client (HTTP/1.1 here; the HTTP/2 exchange overrides it)."""
@@ -563,6 +618,9 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.finished:
             return
+        if self._held is not None:
+            self._hold_body(data)
+            return
         self.bytes_out += len(data)
         self.last_upstream_activity = self.conn.loop.time()
         self.conn.out.append(chunk(data) if self._chunked_out else data)
@@ -573,6 +631,15 @@ class Exchange:
     def response_complete(self, reusable: bool) -> None:
         if self.finished:
             return
+        if self._held is not None:
+            try:
+                self._release_held()
+            except HttpError as error:
+                self._drop_upstream()
+                self._end_try(ok=False)
+                self._unhold()
+                self.fail(error)
+                return
         self._send_end()
         upstream, target = self.upstream, self.target
         self.upstream = None
@@ -594,6 +661,11 @@ class Exchange:
             return
         upstream = self.upstream
         self.upstream = None
+        if response_started and self._held is not None:  # nothing was sent: a clean 502 is still possible
+            self._end_try(ok=False)
+            self._unhold()
+            self.fail(error)
+            return
         if response_started:
             # Mid-body: the client must see a truncated response and a closed connection, never a
             # complete-looking one.

@@ -54,6 +54,9 @@ class H2Exchange(Exchange):
     def response_body(self, data: bytes) -> None:
         if self.finished:
             return
+        if self._held is not None:  # held whole for the route's response-body hooks
+            self._hold_body(data)
+            return
         if self._held_head is not None:
             self._send_held_head()
         self.bytes_out += len(data)
