@@ -158,6 +158,8 @@ class Exchange:
         self._pending: list[bytes] = []
         self._tried: list[Target] = []
         self.upstream = None  # also a class default, which the mypyc build leaves unset (see setup.py)
+        self._held = None  # read for every response: an instance attribute is the faster read
+        self._awaiting_body = False  # read at the end of every request
         if conn.gateway.record_tries:
             ctx.tries = []  # for metrics, traces and the access log (see RequestContext.tries)
 
