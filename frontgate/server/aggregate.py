@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, quote
 from frontgate.config.schema import LEG_PLACEHOLDER, AggregateLeg
 from frontgate.errors import HttpError, ServiceUnavailable
 from frontgate.pipeline.context import Reply, RequestContext
-from frontgate.upstream.cluster import Target, UpstreamCluster
+from frontgate.upstream.cluster import UpstreamCluster
 
 if TYPE_CHECKING:
     from frontgate.server.exchange import Exchange
@@ -167,22 +167,7 @@ async def fetch_leg(leg: Leg, path: str, header_lines: list[bytes], deadline: fl
     finally:
         if channel is not None:  # timed out, cancelled or failed mid-response: the connection is spoiled
             channel.detach()
-        _account(cluster, target, ok)
-
-
-def _account(cluster: UpstreamCluster, target: Target, ok: bool) -> None:
-    """What a proxied try's end does: in-flight counts, breakers, outlier detection."""
-    target.pool.in_flight -= 1
-    cluster.state.in_flight -= 1
-    target.state.requests += 1
-    if not ok:
-        target.state.failures += 1
-    if target.state.breaker.needs_outcomes:
-        target.state.breaker.record(ok)
-    if cluster.state.breaker.needs_outcomes:
-        cluster.state.breaker.record(ok)
-    if target.state.outlier is not None:
-        target.state.outlier.record(ok, cluster.may_eject)
+        cluster.try_ended(target, ok)
 
 
 async def aggregate(exchange: Exchange, legs: tuple[Leg, ...], deadline: float) -> None:

@@ -459,17 +459,7 @@ class Exchange:
         if tries:
             last = tries[-1]
             last[3], last[4] = time.monotonic(), ok
-        target.pool.in_flight -= 1
-        cluster.state.in_flight -= 1
-        target.state.requests += 1
-        if not ok:
-            target.state.failures += 1
-        if target.state.breaker.needs_outcomes:
-            target.state.breaker.record(ok)
-        if cluster.state.breaker.needs_outcomes:
-            cluster.state.breaker.record(ok)
-        if target.state.outlier is not None:
-            target.state.outlier.record(ok, cluster.may_eject)
+        cluster.try_ended(target, ok)
 
     def _try_failed(self, failure: Failure, error: HttpError) -> None:
         self._end_try(ok=False)
@@ -523,9 +513,8 @@ class Exchange:
         next_deadline = self.last_upstream_activity + self.route.timeout
         if next_deadline <= now:
             if self._held is not None:  # nothing sent yet: a 504, not a cut
-                self._drop_upstream()
-                self._end_try(ok=False)
-                self._unhold()
+                self._fail_held(GatewayTimeout())
+                return
             self.fail(GatewayTimeout())  # the response started: this cuts the connection
         else:
             self.deadline = next_deadline
@@ -578,17 +567,17 @@ class Exchange:
         self._held_bytes += len(data)
         self.last_upstream_activity = self.conn.loop.time()
         if self._held_bytes > self.route.response_body_limit:
-            self._drop_upstream()
-            self._end_try(ok=False)
-            self._unhold()
-            self.fail(UpstreamResponseTooLarge())
+            self._fail_held(UpstreamResponseTooLarge())
             return
         self._held_body.append(data)
 
-    def _unhold(self) -> None:
-        """Nothing of a held response was sent: the client may still get a clean error instead."""
+    def _fail_held(self, error: HttpError) -> None:
+        """A held response will not be sent: nothing of it was, so the client gets a clean error instead."""
+        self._drop_upstream()
+        self._end_try(ok=False)
         self._held = self._held_body = None
         self.response_started = False
+        self.fail(error)
 
     def _release_held(self) -> None:
         """The held response is complete: let the hooks change it, then send it whole."""
@@ -637,10 +626,11 @@ class Exchange:
             try:
                 self._release_held()
             except HttpError as error:
-                self._drop_upstream()
-                self._end_try(ok=False)
-                self._unhold()
-                self.fail(error)
+                self._fail_held(error)
+                return
+            except Exception:
+                log.exception("a response-body hook failed in route %s", self.route.name if self.route else "?")
+                self._fail_held(HttpError())
                 return
         self._send_end()
         upstream, target = self.upstream, self.target
@@ -664,9 +654,7 @@ class Exchange:
         upstream = self.upstream
         self.upstream = None
         if response_started and self._held is not None:  # nothing was sent: a clean 502 is still possible
-            self._end_try(ok=False)
-            self._unhold()
-            self.fail(error)
+            self._fail_held(error)
             return
         if response_started:
             # Mid-body: the client must see a truncated response and a closed connection, never a

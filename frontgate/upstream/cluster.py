@@ -182,6 +182,22 @@ class UpstreamCluster:
     def pool_keys(self) -> set[PoolKey]:
         return {t.pool.key for t in self.targets}
 
+    def try_ended(self, target: Target, ok: bool) -> None:
+        """Account for a finished try to `target` (proxied or an aggregate's leg): in-flight counts, the
+        target's and the upstream's breakers, outlier detection."""
+        state = target.state
+        target.pool.in_flight -= 1
+        self.state.in_flight -= 1
+        state.requests += 1
+        if not ok:
+            state.failures += 1
+        if state.breaker.needs_outcomes:
+            state.breaker.record(ok)
+        if self.state.breaker.needs_outcomes:
+            self.state.breaker.record(ok)
+        if state.outlier is not None:
+            state.outlier.record(ok, self.may_eject)
+
     def may_eject(self) -> bool:
         """Would one more ejection stay within `outlier.max_ejected` of the targets?"""
         if self.config.outlier is None:
