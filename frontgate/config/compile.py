@@ -59,7 +59,8 @@ class CompiledRoute:
     aggregate: tuple[Leg, ...] | None  # an aggregate route's upstream calls (then `split` picks nothing)
     body_hooks: tuple[BodyHook, ...]  # plugins that read the whole request body (then it is buffered)
     response_body_hooks: tuple[ResponseBodyHook, ...]  # plugins that change whole response bodies
-    response_body_limit: int  # bytes of a response held for them; 502 beyond
+    response_body_limit: int  # bytes of a response held for them
+    response_hold_always: bool  # hold every response (502 beyond the limit), not only those asked for
     deadline_line: bytes  # the x-request-deadline header of a first try, which has the whole timeout
     websocket: WebSocket | None  # None when the route serves WebSocket handshakes as plain HTTP
 
@@ -232,6 +233,7 @@ def _compile_route(
         body_hooks=tuple(p.on_body for p in body_readers),
         response_body_hooks=tuple(p.on_response_body for p in reversed(plugins) if p.uses("on_response_body")),
         response_body_limit=min((p.body_limit for p in plugins if p.uses("on_response_body")), default=0),
+        response_hold_always=any(p.hold_whole_response for p in plugins if p.uses("on_response_body")),
         deadline_line=b"\r\nx-request-deadline: %d\r\n" % int((route.timeout or DEFAULT_ROUTE_TIMEOUT) * 1000),
         # WebSocket needs an HTTP/1.1 upstream (no RFC 8441 to HTTP/2 ones): a route to an HTTP/2 upstream
         # serves handshakes as plain HTTP, as with `websocket: {enabled: false}`.

@@ -67,7 +67,7 @@ class Reply:
     status: int
     body: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    content_type: bytes = b"application/json"
+    content_type: bytes | None = b"application/json"  # None: `headers` carry it (or there is none)
 
 
 # A request hook answers at once (None: go on; a Reply: answer with it) or, when it must wait for something
@@ -117,6 +117,9 @@ class RequestContext:
     # plugin has replaced the headers since): the tracer and the access log then skip looking for them.
     trace_context = True
     tries: list[list[Any]] | None = None
+    # Set by a request hook that wants this request's response whole (the cache, on a miss): the route's
+    # response-body hooks then get it, when it is not larger than their limit.
+    hold_response = False
 
     def __init__(
         self,

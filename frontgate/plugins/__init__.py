@@ -8,6 +8,7 @@ from frontgate.plugins.allow import AllowPlugin
 from frontgate.plugins.api_key import ApiKeyPlugin
 from frontgate.plugins.base import Plugin
 from frontgate.plugins.body_limit import BodyLimitPlugin
+from frontgate.plugins.cache import CachePlugin
 from frontgate.plugins.cors import CorsPlugin
 from frontgate.plugins.graphql import GraphqlPlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
@@ -25,7 +26,7 @@ REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin, XmlJsonPlugin)
+                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin, XmlJsonPlugin, CachePlugin)
 }
 
 

@@ -58,6 +58,10 @@ class Plugin:
     # A plugin that implements `on_body` makes its routes read request bodies whole (up to this many bytes;
     # 413 beyond) before anything goes upstream. Everything else streams.
     body_limit: int = 1024 * 1024
+    # With `on_response_body`: True, every response is held whole (502 beyond `body_limit`: the plugin
+    # cannot do without it); False, only those a request hook asks for (`ctx.hold_response`), and one
+    # larger than the limit streams on untouched.
+    hold_whole_response = True
 
     def on_body(self, ctx: RequestContext, body: bytes) -> Reply | bytes | None:
         """The whole request body (after every request hook): inspect it; return a Reply (or raise an

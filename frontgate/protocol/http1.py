@@ -188,7 +188,7 @@ def render_response(
         parts.append(name + b": " + value + b"\r\n")
     if content_type is not None and body:
         parts.append(b"content-type: " + content_type + b"\r\n")
-    if status >= 200 and status != 204:  # RFC 9110 §8.6: never a Content-Length on 1xx or 204
+    if status >= 200 and status not in _NO_BODY_STATUS:  # RFC 9110 §8.6: none on 1xx, 204 or 304
         parts.append(b"content-length: %d\r\n" % len(body))
     if close:
         parts.append(b"connection: close\r\n")

@@ -129,8 +129,9 @@ class Exchange:
     _backoff: asyncio.TimerHandle | None = None
     _task: asyncio.Task[None] | None = None
     _awaiting_body = False  # the route's body hooks wait for the whole request body
-    # A response held for the route's response-body hooks: (status, lines, has_date), and its body so far
-    _held: tuple[int, list[bytes], bool] | None = None
+    # A response held for the route's response-body hooks: (status, lines, has_date, the upstream's length
+    # or None when chunked), and its body so far
+    _held: tuple[int, list[bytes], bool, int | None] | None = None
     _held_body: list[bytes] | None = None
     _held_bytes = 0
     _body_checked = False
@@ -556,8 +557,10 @@ class Exchange:
         added = self.ctx.response_lines_add
         if added:  # `lines` is this response's own list (a fresh one per response upstream): extended in place
             lines += added
-        if route.response_body_hooks and not self.head_only and status >= 200 and status not in (204, 304):
-            self._held, self._held_body, self._held_bytes = (status, lines, has_date), [], 0
+        if route.response_body_hooks and (route.response_hold_always or self.ctx.hold_response) \
+                and not self.head_only and status >= 200 and status not in (204, 304):
+            self._held = (status, lines, has_date, None if chunked else content_length)
+            self._held_body, self._held_bytes = [], 0
             return
         self._send_head(status, lines, None if chunked else content_length, has_date)
 
@@ -566,10 +569,22 @@ class Exchange:
         assert self._held_body is not None and self.route is not None
         self._held_bytes += len(data)
         self.last_upstream_activity = self.conn.loop.time()
-        if self._held_bytes > self.route.response_body_limit:
-            self._fail_held(UpstreamResponseTooLarge())
-            return
         self._held_body.append(data)
+        if self._held_bytes > self.route.response_body_limit:
+            if self.route.response_hold_always:
+                self._fail_held(UpstreamResponseTooLarge())
+            else:  # wanted whole only if small enough: it streams on as it is
+                self._spill_held()
+
+    def _spill_held(self) -> None:
+        """Send a held response as it came (head, what arrived so far), then stream the rest."""
+        held, body_parts = self._held, self._held_body
+        assert held is not None and body_parts is not None
+        self._held = self._held_body = None
+        status, lines, has_date, content_length = held
+        self._send_head(status, lines, content_length, has_date)
+        for part in body_parts:
+            self.response_body(part)
 
     def _fail_held(self, error: HttpError) -> None:
         """A held response will not be sent: nothing of it was, so the client gets a clean error instead."""
@@ -584,7 +599,7 @@ class Exchange:
         held, body_parts = self._held, self._held_body
         assert held is not None and body_parts is not None and self.route is not None
         self._held = self._held_body = None
-        status, lines, has_date = held
+        status, lines, has_date, _ = held
         head = ResponseHead(status, lines=lines)
         body = b"".join(body_parts)
         for hook in self.route.response_body_hooks:

@@ -183,6 +183,33 @@ class ClusterStore:
             reply = await client.eval(DECIDE.decode(), len(group_keys), *group_keys, *args)
         return parse_verdict(reply, len(rules))
 
+    # --- the cache plugin's entries (frontgate/plugins/cache.py): a hash per URL ----------------------
+
+    async def hget(self, key: bytes, field: bytes) -> bytes | None:
+        if self._client is None or not self._up:
+            raise StoreUnavailable("redis cluster is not connected")
+        reply = await asyncio.wait_for(self._client.hget(key, field), self.timeout)
+        return reply if isinstance(reply, bytes) else None
+
+    def hset_nowait(self, key: bytes, field: bytes, value: bytes, ttl_ms: int) -> None:
+        self._in_background(self._hset(key, field, value, ttl_ms))
+
+    async def _hset(self, key: bytes, field: bytes, value: bytes, ttl_ms: int) -> None:
+        assert self._client is not None
+        await self._client.hset(key, field, value)
+        await self._client.pexpire(key, ttl_ms)
+
+    def delete_nowait(self, key: bytes) -> None:
+        if self._client is not None:
+            self._in_background(self._client.delete(key))
+
+    def _in_background(self, work: Any) -> None:
+        if self._client is None or not self._up:
+            return
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def release(self, plan: DecisionPlan, keys: Sequence[bytes], token: bytes) -> None:
         held = self._held.pop(token, None)
         if held is None or self._client is None or not self._up:

@@ -284,6 +284,27 @@ class RedisStore:
             raise StoreUnavailable("redis is not connected")
         return self._conn
 
+    # --- the cache plugin's entries (frontgate/plugins/cache.py): a hash per URL ----------------------
+
+    async def hget(self, key: bytes, field: bytes) -> bytes | None:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("redis is not connected")
+        reply = await conn.send(command(b"HGET", key, field), self._loop_time() + self.timeout)
+        return reply if isinstance(reply, bytes) else None
+
+    def hset_nowait(self, key: bytes, field: bytes, value: bytes, ttl_ms: int) -> None:
+        conn = self._conn
+        if conn is not None:
+            deadline = self._loop_time() + self.timeout
+            conn.send_nowait(command(b"HSET", key, field, value), deadline)
+            conn.send_nowait(command(b"PEXPIRE", key, b"%d" % ttl_ms), deadline)
+
+    def delete_nowait(self, key: bytes) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.send_nowait(command(b"DEL", key), self._loop_time() + self.timeout)
+
     def release(self, plan: DecisionPlan, keys: Sequence[bytes], token: bytes) -> None:
         held = self._held.pop(token, None)
         conn = self._conn
