@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,6 +49,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import BadRequest, HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+from frontgate.plugins.files import read_json_file
 
 _LIST_ARGUMENTS = frozenset({"first", "last", "limit"})
 _INTROSPECTION = frozenset({"__schema", "__type"})
@@ -74,12 +74,7 @@ def _refused(code: str, message: str) -> GraphqlRefused:
 
 def load_allowed(path: str) -> frozenset[str]:
     """The SHA-256 hex digests of the allowed queries in a persisted-queries file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ValueError(f"cannot read persisted_queries {path!r}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ValueError(f"persisted_queries {path!r} is not JSON: {exc}") from exc
+    data = read_json_file(path, "persisted_queries")
     if isinstance(data, list) and all(isinstance(q, str) for q in data):
         return frozenset(hashlib.sha256(q.encode()).hexdigest() for q in data)
     if isinstance(data, dict) and all(isinstance(k, str) for k in data):

@@ -15,7 +15,6 @@ the `jsonschema` library knows, by its `$schema`; 2020-12 without one).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -26,6 +25,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import BadRequest, HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+from frontgate.plugins.files import read_json_file
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_DETAIL = 200  # characters of the schema's complaint passed on to the client
@@ -44,15 +44,7 @@ class UnsupportedMediaType(HttpError):
 
 def load_schema(value: str | dict[str, Any]) -> dict[str, Any]:
     """The schema itself (inline, or read from a file), checked against its draft's meta-schema."""
-    if isinstance(value, str):
-        try:
-            schema = json.loads(Path(value).read_text())
-        except OSError as exc:
-            raise ValueError(f"cannot read json_schema {value!r}: {exc.strerror or exc}") from exc
-        except ValueError as exc:
-            raise ValueError(f"json_schema {value!r} is not JSON: {exc}") from exc
-    else:
-        schema = value
+    schema = read_json_file(value, "json_schema") if isinstance(value, str) else value
     if not isinstance(schema, dict):
         raise ValueError("a JSON Schema is an object")
     try:
