@@ -57,7 +57,8 @@ def examples(port: int, admin_port: int) -> list[Example]:
                 f"curl -s -X POST {gw}/payments -H 'x-tenant: acme' -d {payment}"),
         Example("everyone else goes to the shared payments instance",
                 f"curl -s -X POST {gw}/payments -d {payment}"),
-        Example("the catalog speaks French too (Cache-Control and Vary come from the service)",
+        Example("the catalog speaks French too, cached at the edge per language: run it twice for "
+                "X-Cache-Status: HIT",
                 f"curl -i {gw}/catalog -H 'accept-language: fr'"),
         Example("path rewrite: /v1/users/alice reaches the users service as /users/alice",
                 f"curl -s {gw}/v1/users/alice"),

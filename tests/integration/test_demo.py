@@ -123,6 +123,8 @@ def test_catalog_answers_in_french_with_cache_headers(commands: list[CurlCommand
     assert response.json()["language"] == "fr"
     assert response.headers["content-language"] == "fr"
     assert response.headers["cache-control"] == "max-age=30"
+    again = replay(client, find(commands, "/catalog"))
+    assert again.headers["x-cache-status"] == "HIT" and again.json() == response.json()
 
 
 def test_rewrite_maps_the_public_path_to_the_service_path(demo: GatewayProcess, client: httpx.Client) -> None:
