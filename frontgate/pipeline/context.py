@@ -137,6 +137,7 @@ class RequestContext:
         self.method = method
         self.path = path
         self.upstream_path = path
+        self.upstream_method: str | None = None  # a plugin sends the request upstream with another method
         self.query = query
         self._headers: list[tuple[bytes, bytes]] | None = headers
         self._header_lines = header_lines

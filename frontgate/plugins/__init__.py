@@ -11,6 +11,7 @@ from frontgate.plugins.body_limit import BodyLimitPlugin
 from frontgate.plugins.cache import CachePlugin
 from frontgate.plugins.cors import CorsPlugin
 from frontgate.plugins.graphql import GraphqlPlugin
+from frontgate.plugins.grpc_transcode import GrpcTranscodePlugin
 from frontgate.plugins.headers import RequestHeadersPlugin, ResponseHeadersPlugin
 from frontgate.plugins.ip_restriction import IpRestrictionPlugin
 from frontgate.plugins.jwt import JwtPlugin
@@ -26,7 +27,8 @@ REGISTRY: dict[str, type[Plugin]] = {
     cls.name: cls
     for cls in (RequestIdPlugin, RequestHeadersPlugin, ResponseHeadersPlugin, RewritePlugin, BodyLimitPlugin,
                 JwtPlugin, MtlsPlugin, ApiKeyPlugin, IntrospectionPlugin, AllowPlugin, IpRestrictionPlugin,
-                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin, XmlJsonPlugin, CachePlugin)
+                RateLimitPlugin, CorsPlugin, ValidatePlugin, GraphqlPlugin, XmlJsonPlugin, CachePlugin,
+                GrpcTranscodePlugin)
 }
 
 

@@ -429,7 +429,8 @@ class Exchange:
         else:
             remaining_ms = max(0, int((self._deadline - self.conn.loop.time()) * 1000))
             deadline_line = b"\r\nx-request-deadline: %d\r\n" % remaining_ms
-        parts = [ctx.method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host, deadline_line]
+        method = ctx.upstream_method or ctx.method
+        parts = [method.encode("ascii"), b" ", target_bytes, b" HTTP/1.1\r\nhost: ", host, deadline_line]
         tracer = self.conn.gateway.tracer
         traceparent = tracer.upstream_traceparent(self) if tracer is not None else None  # may edit the lines
         parts += ctx.header_lines()
@@ -601,6 +602,8 @@ class Exchange:
         self._held = self._held_body = None
         status, lines, has_date, _ = held
         head = ResponseHead(status, lines=lines)
+        if self.grpc_status is not None and not head.has(b"grpc-status"):
+            head.set(b"grpc-status", b"%d" % self.grpc_status)  # from the trailers, as a trailers-only answer has it
         body = b"".join(body_parts)
         for hook in self.route.response_body_hooks:
             body = hook(self.ctx, head, body)
