@@ -164,6 +164,12 @@ class GraphqlPlugin(Plugin):
         self.body_limit = config.body_limit
 
     def on_body(self, ctx: RequestContext, body: bytes) -> Reply | None:
+        try:
+            return self._judge(ctx, body)
+        except RecursionError:  # JSON or a query nested deeper than Python's stack
+            raise _refused("query_too_deep", "The request is nested too deeply.") from None
+
+    def _judge(self, ctx: RequestContext, body: bytes) -> Reply | None:
         query, operation, variables, digest = self._request(ctx, body)
         if self._allowed is not None:
             if query is not None:

@@ -277,6 +277,8 @@ class GrpcTranscodePlugin(Plugin):
             message = json_format.ParseDict(fields, rule.request())
         except (ValueError, json_format.ParseError) as error:
             raise TranscodeRefused(f"The request does not fit {rule.request.DESCRIPTOR.name}: {error}") from None
+        except RecursionError:
+            raise TranscodeRefused("The request body is nested too deeply.") from None
         data: bytes = message.SerializeToString()
         ctx.upstream_method = "POST"  # the client's method stays in the logs and metrics
         ctx.upstream_path, ctx.query = rule.grpc_path, b""

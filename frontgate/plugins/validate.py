@@ -98,9 +98,11 @@ class ValidatePlugin(Plugin):
             raise UnsupportedMediaType()
         try:
             document = json.loads(body)
+            error = best_match(self._validator.iter_errors(document))
         except ValueError:
             raise InvalidBody("The request body is not valid JSON.") from None
-        error = best_match(self._validator.iter_errors(document))
+        except RecursionError:  # nested deeper than Python's stack: no schema means that
+            raise InvalidBody("The request body is nested too deeply.") from None
         if error is not None:
             detail = f"{_place(error.absolute_path)}: {error.message}"
             if len(detail) > _MAX_DETAIL:

@@ -94,10 +94,11 @@ class XmlJsonPlugin(Plugin):
             return None
         try:
             value = json.loads(body)
-        except ValueError:
+            xml = json_to_xml(value, self.config.root)
+        except (ValueError, RecursionError):
             raise InvalidJsonBody() from None
         ctx.set_header(b"content-type", b"application/xml; charset=utf-8")
-        return json_to_xml(value, self.config.root)
+        return xml
 
     def on_response_body(self, ctx: RequestContext, head: ResponseHead, body: bytes) -> bytes:
         fields = dict(head.headers)
@@ -105,7 +106,8 @@ class XmlJsonPlugin(Plugin):
             return body
         try:
             value = xmltodict.parse(body, disable_entities=True)
-        except (ExpatError, ValueError):
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        except (ExpatError, ValueError, RecursionError):
             raise UpstreamXmlInvalid() from None
         head.set(b"content-type", b"application/json")
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return text.encode("utf-8")

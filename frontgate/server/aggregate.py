@@ -156,8 +156,8 @@ async def fetch_leg(leg: Leg, path: str, header_lines: list[bytes], deadline: fl
             raise LegFailed(f"the upstream answered {response.status}")
         try:
             value = json.loads(b"".join(response.parts) or b"null")
-        except ValueError:
-            raise LegFailed("the answer is not JSON") from None
+        except (ValueError, RecursionError):
+            raise LegFailed("the answer is not JSON (or nested too deeply)") from None
         ok = True
         return value
     except TimeoutError:

@@ -93,6 +93,13 @@ def test_what_is_not_json_is_refused(gateway: RunningGateway, upstream: Recordin
     assert len(upstream.requests) == before + 1
 
 
+def test_a_body_nested_deeper_than_the_stack_gets_400_and_the_worker_lives(gateway: RunningGateway) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = _post(gateway, "/inline", deep)
+    assert response.status_code == 400 and response.json()["error"] == "invalid_body"
+    assert _post(gateway, "/inline", b"[1]").status_code == 200
+
+
 def test_auth_comes_before_the_body_is_judged(gateway: RunningGateway) -> None:
     response = _post(gateway, "/payments", b"not json at all", key=None)
     assert response.status_code == 401

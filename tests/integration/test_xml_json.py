@@ -97,6 +97,9 @@ def test_bad_bodies_get_clean_errors(gateway: RunningGateway) -> None:
     bad_json = httpx.post(gateway.url("/legacy/echo"), content=b"{nope", headers={"content-type": "application/json"},
                           timeout=10)
     assert bad_json.status_code == 400 and bad_json.json()["error"] == "invalid_body"
+    deep = httpx.post(gateway.url("/legacy/echo"), content=b"[" * 2000 + b"]" * 2000,  # within body_limit
+                      headers={"content-type": "application/json"}, timeout=10)
+    assert deep.status_code == 400
     broken = httpx.get(gateway.url("/legacy/broken"), timeout=10)
     assert broken.status_code == 502 and broken.json()["error"] == "bad_gateway"
     big = httpx.get(gateway.url("/legacy/big"), timeout=10)

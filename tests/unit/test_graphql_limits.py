@@ -113,3 +113,15 @@ def test_a_query_may_come_as_graphql_text_or_in_a_get() -> None:
     assert plugin.on_body(_ctx("GET", query=shallow), b"") is None
     with pytest.raises(HttpError, match="levels deep"):
         plugin.on_body(_ctx("GET", query=urlencode({"query": DEEP})), b"")
+
+
+def test_nesting_deeper_than_the_stack_is_refused_not_crashed() -> None:
+    plugin = _plugin(max_depth=5)
+    # graphql-core itself may refuse it first: either way a 400, never a crash
+    assert _send(plugin, "{" + "a{" * 3000 + "b" + "}" * 3001) in {"query_too_deep", "invalid_graphql"}
+    try:
+        plugin.on_body(_ctx(), b'{"query": "{ a }", "variables": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    except HttpError as error:
+        assert error.status == 400
+    else:
+        raise AssertionError("a body nested 100,000 deep was let through")
