@@ -1,10 +1,21 @@
-"""Files that plugin settings name (schemas, allow-lists), read when the config loads."""
+"""What the body-reading plugins share: the files their settings name (schemas, allow-lists, descriptor sets),
+read when the config loads, and the error for a body they refuse."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from frontgate.errors import BadRequest
+
+
+class BodyRefused(BadRequest):
+    """A request body a plugin refuses (400). The body was read whole, so the connection is still in step
+    and stays open, unlike other 400s."""
+
+    code = "invalid_body"
+    close_connection = False
 
 
 def read_bytes_file(path: str, field: str) -> bytes:

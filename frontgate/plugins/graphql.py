@@ -46,19 +46,18 @@ from graphql import (
 from pydantic import Field, field_validator
 
 from frontgate.config.schema import Route, Size
-from frontgate.errors import BadRequest, HttpError
+from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import read_json_file
+from frontgate.plugins.files import BodyRefused, read_json_file
 
 _LIST_ARGUMENTS = frozenset({"first", "last", "limit"})
 _INTROSPECTION = frozenset({"__schema", "__type"})
 
 
-class GraphqlRefused(BadRequest):
+class GraphqlRefused(BodyRefused):
     code = "invalid_graphql"
     message = "The request is not a GraphQL query this endpoint accepts."
-    close_connection = False  # the body was read whole: the connection is still in step
 
 
 class QueryNotAllowed(HttpError):

@@ -34,10 +34,10 @@ from google.protobuf.message import DecodeError, Message
 from pydantic import Field, model_validator
 
 from frontgate.config.schema import Route, Size
-from frontgate.errors import BadGateway, BadRequest, NotFound
+from frontgate.errors import BadGateway, NotFound
 from frontgate.pipeline.context import RequestContext, ResponseHead
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import read_bytes_file
+from frontgate.plugins.files import BodyRefused, read_bytes_file
 from frontgate.protocol.grpc_status import status_name
 
 _HTTP_RULE = 72295728  # google.api.http, an extension of MethodOptions
@@ -48,10 +48,9 @@ _HTTP_STATUS = {0: 200, 1: 499, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 
 _STATE = "grpc_transcode"  # ctx.state: the method's response class, for the answer
 
 
-class TranscodeRefused(BadRequest):
+class TranscodeRefused(BodyRefused):
     code = "invalid_request"
     message = "The request does not fit the service's request message."
-    close_connection = False  # the body was read whole: the connection is still in step
 
 
 # --- reading the descriptor set ------------------------------------------------------------------------

@@ -22,19 +22,18 @@ from jsonschema.exceptions import SchemaError, best_match
 from pydantic import Field, field_validator
 
 from frontgate.config.schema import Route, Size
-from frontgate.errors import BadRequest, HttpError
+from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import read_json_file
+from frontgate.plugins.files import BodyRefused, read_json_file
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_DETAIL = 200  # characters of the schema's complaint passed on to the client
 
 
-class InvalidBody(BadRequest):
+class InvalidBody(BodyRefused):
     code = "invalid_body"
     message = "The request body is not valid."
-    close_connection = False  # the body was read whole: the connection is still in step
 
 
 class UnsupportedMediaType(HttpError):

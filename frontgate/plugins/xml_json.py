@@ -25,15 +25,15 @@ import xmltodict
 from pydantic import Field
 
 from frontgate.config.schema import Route, Size
-from frontgate.errors import BadGateway, BadRequest
+from frontgate.errors import BadGateway
 from frontgate.pipeline.context import RequestContext, ResponseHead
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
+from frontgate.plugins.files import BodyRefused
 
 
-class InvalidJsonBody(BadRequest):
+class InvalidJsonBody(BodyRefused):
     code = "invalid_body"
     message = "The request body is not valid JSON."
-    close_connection = False  # the body was read whole: the connection is still in step
 
 
 class UpstreamXmlInvalid(BadGateway):
