@@ -126,6 +126,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 def _explain(console: object, runtime: object, method: str, url: str, header_args: list[str]) -> int:
     from frontgate.config.compile import Runtime
+    from frontgate.pipeline.context import RequestContext
     from frontgate.routing.normalize import normalize_path, split_target
 
     assert isinstance(runtime, Runtime)
@@ -147,16 +148,15 @@ def _explain(console: object, runtime: object, method: str, url: str, header_arg
     print(f"{method} {host}{path}")
     for name, reason in runtime.router.explain(method, host, path, headers):
         print(f"  {name}: {reason}")
+    ctx = RequestContext(method, path, b"", headers, host, "127.0.0.1", "127.0.0.1", "http", "1.1")
     try:
-        route = runtime.router.match(method, host, path, headers)
+        route = runtime.match_route(ctx)
     except HttpError as error:
-        preflight_route = runtime.preflight_route(method, host, path, headers, error)
-        if preflight_route is None:
-            extra = "".join(f" ({k.decode()}: {v.decode()})" for k, v in error.headers)
-            print(f"=> {error.status} {error.code}{extra}")
-            return EXIT_OK
+        extra = "".join(f" ({k.decode()}: {v.decode()})" for k, v in error.headers)
+        print(f"=> {error.status} {error.code}{extra}")
+        return EXIT_OK
+    if route.config.match.methods and method not in route.config.match.methods:
         print("  a CORS preflight: matched as the method it asks about; the cors plugin answers it")
-        route = preflight_route
     targets = ", ".join(t.url for name in route.clusters for t in route.clusters[name].targets)
     if route.config.aggregate:
         print(f"=> route {route.name}: {_legs(route)} [{targets}]")

@@ -125,12 +125,7 @@ async def _run_one(runtime: Runtime, test: PolicyTest) -> Outcome:
                                host_header.encode())
         ctx = RequestContext(method, path, parts.query.encode(), forwarded, host, client_ip, request.client_ip,
                              "http", "1.1")
-        try:
-            route = runtime.router.match(method, host, path, forwarded)
-        except HttpError as error:  # a CORS preflight is still answered where the route takes no OPTIONS
-            route = runtime.preflight_route(method, host, path, forwarded, error)
-            if route is None:
-                raise
+        route = runtime.match_route(ctx)
         ctx.route = route
         status = "proxied"
         for hook in route.request_hooks:

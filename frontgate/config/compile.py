@@ -112,20 +112,24 @@ class Runtime:
     def host_declared(self, host: str) -> bool:
         return host in self.declared_hosts or any(host.endswith(w) for w in self.wildcard_hosts)
 
-    def preflight_route(self, method: str, host: str, path: str, headers: list[tuple[bytes, bytes]],
-                        error: HttpError) -> CompiledRoute | None:
-        """For a request the router refused with 405: when it is a CORS preflight, the route of the method it
-        asks about, if that route has CORS on (its `cors` plugin answers the preflight; frontgate/plugins/cors.py)."""
-        if not isinstance(error, MethodNotAllowed) or not is_preflight(method, headers):
-            return None
-        asked = requested_method(headers)
-        if asked is None:
-            return None
+    def match_route(self, ctx: RequestContext) -> CompiledRoute:
+        """The route of a request: the router's match. A CORS preflight the router refuses (405: the route
+        takes no OPTIONS) gets the route of the method it asks about, when that route has CORS on (its `cors`
+        plugin answers the preflight; frontgate/plugins/cors.py). Raises NotFound or MethodNotAllowed."""
         try:
-            route = self.router.match(asked, host, path, headers if self.routes_on_headers else ())
-        except HttpError:
-            return None
-        return route if any(plugin.name == CorsPlugin.name for plugin in route.plugins) else None
+            return self.router.match(ctx.method, ctx.host, ctx.path, ctx.headers if self.routes_on_headers else ())
+        except MethodNotAllowed:
+            headers = ctx.headers
+            asked = requested_method(headers) if is_preflight(ctx.method, headers) else None
+            if asked is None:
+                raise
+            try:
+                route = self.router.match(asked, ctx.host, ctx.path, headers if self.routes_on_headers else ())
+            except HttpError:
+                route = None
+            if route is None or not any(plugin.name == CorsPlugin.name for plugin in route.plugins):
+                raise
+            return route
 
     def plugins(self) -> list[Plugin]:
         seen: dict[int, Plugin] = {id(p): p for p in self.unrouted_plugins}

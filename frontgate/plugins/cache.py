@@ -44,7 +44,8 @@ _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NOT_STORED = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"date", b"age",
                          b"set-cookie", b"x-cache-status", b"proxy-authenticate", b"te", b"trailer", b"upgrade"})
 _STATE = "cache"  # ctx.state: "hit", "miss" or "bypass" (the access log's `cache` field)
-_KEY = "cache_key"  # ctx.state: (primary key, variant) of a miss to store
+_KEY = "cache_key"  # ctx.state: (URL key, variant key) of a miss to store
+_URL = "cache_url"  # ctx.state: the URL key an unsafe request drops when it succeeds
 
 
 class CacheConfig(PluginConfig):
@@ -181,19 +182,25 @@ class CachePlugin(Plugin):
         if self._store is not None:
             await self._store.close()
 
-    def _keys(self, ctx: RequestContext) -> tuple[bytes, bytes]:
+    def _primary(self, ctx: RequestContext) -> bytes:
+        """The key of the URL (every variant of it)."""
         url = b"%s\n%s\n%s?%s" % (self._route_name, ctx.host.encode("latin-1"), ctx.path.encode("latin-1"),
                                   ctx.query)
-        primary = b"fg:cache:" + hashlib.sha256(url).hexdigest().encode()
+        return b"fg:cache:" + hashlib.sha256(url).hexdigest().encode()
+
+    def _keys(self, ctx: RequestContext) -> tuple[bytes, bytes]:
+        """The URL's key and the variant's, by the values of the `vary` headers."""
+        if not self._vary:
+            return self._primary(ctx), b"-"
         variant = b"\n".join(ctx.header(name) or b"" for name in self._vary)
-        return primary, hashlib.sha256(variant).hexdigest().encode() if self._vary else b"-"
+        return self._primary(ctx), hashlib.sha256(variant).hexdigest().encode()
 
     def on_request(self, ctx: RequestContext) -> Reply | Awaitable[Reply | None] | None:
         method = ctx.method
         state = ctx.state if ctx.state is not None else {}
         ctx.state = state
         if method in _UNSAFE:
-            state[_KEY] = self._keys(ctx)  # dropped if the change succeeds (on_response)
+            state[_URL] = self._primary(ctx)  # dropped if the change succeeds (on_response)
             return None
         control = _directives(ctx.header(b"cache-control"))
         credentials = ctx.consumer is not None or ctx.header(b"authorization") is not None
@@ -242,8 +249,8 @@ class CachePlugin(Plugin):
         state = ctx.state
         outcome = state.get(_STATE) if state is not None else None
         if outcome is None:
-            if ctx.method in _UNSAFE and state is not None and _KEY in state and head.status < 400:
-                self._drop(state.pop(_KEY)[0])
+            if state is not None and _URL in state and head.status < 400:
+                self._drop(state.pop(_URL))
             return
         if outcome != "hit":
             head.set(b"x-cache-status", outcome.upper().encode())

@@ -49,7 +49,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import BodyRefused, read_json_file
+from frontgate.plugins.shared import BodyRefused, media_type, read_json_file
 
 _LIST_ARGUMENTS = frozenset({"first", "last", "limit"})
 _INTROSPECTION = frozenset({"__schema", "__type"})
@@ -200,8 +200,7 @@ class GraphqlPlugin(Plugin):
                     except ValueError:
                         raise _refused("invalid_graphql", f"The {name} parameter is not JSON.") from None
         else:
-            content_type = (ctx.header(b"content-type") or b"").split(b";", 1)[0].strip().lower()
-            if content_type == b"application/graphql":
+            if media_type(ctx.header(b"content-type")) == b"application/graphql":
                 fields = {"query": body.decode("utf-8", "replace")}
             else:
                 try:

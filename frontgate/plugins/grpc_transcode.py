@@ -37,7 +37,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import BadGateway, NotFound
 from frontgate.pipeline.context import RequestContext, ResponseHead
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import BodyRefused, read_bytes_file
+from frontgate.plugins.shared import BodyRefused, read_bytes_file
 from frontgate.protocol.grpc_status import status_name
 
 _HTTP_RULE = 72295728  # google.api.http, an extension of MethodOptions
@@ -295,6 +295,7 @@ class GrpcTranscodePlugin(Plugin):
             return body
         fields = dict(head.headers)
         status_field = fields.get(b"grpc-status")
+        # grpc-status is a trailer, or a header in a trailers-only answer: a held response has both as fields
         code = int(status_field) if status_field is not None and status_field.isdigit() else (
             0 if head.status == 200 and body else 2)
         for name in (b"grpc-status", b"grpc-message", b"grpc-encoding", b"grpc-accept-encoding"):

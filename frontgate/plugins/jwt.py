@@ -18,7 +18,6 @@ More issuers on one route: `issuers: [{issuer: ..., jwks_url: ...}, ...]` (each 
 from __future__ import annotations
 
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +50,7 @@ from frontgate.config.schema import Duration, Route, Size
 from frontgate.pipeline.context import HookResult, RequestContext
 from frontgate.plugins.auth_base import AuthPlugin, identity_from_claims
 from frontgate.plugins.base import BuildContext, PluginConfig
+from frontgate.plugins.shared import read_bytes_file
 
 
 def parse_inline_key(entry: dict[str, Any] | str) -> VerifyKey:
@@ -63,10 +63,7 @@ def parse_inline_key(entry: dict[str, Any] | str) -> VerifyKey:
 
 
 def read_jwks_file(path: str) -> list[VerifyKey]:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read jwks_file {path!r}: {exc.strerror or exc}") from exc
+    raw = read_bytes_file(path, "jwks_file")
     try:
         keys, skipped = usable_jwks(json_object(raw), allow_secret=True)
     except JoseError as exc:

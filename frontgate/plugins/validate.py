@@ -25,7 +25,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import HttpError
 from frontgate.pipeline.context import Reply, RequestContext
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import BodyRefused, read_json_file
+from frontgate.plugins.shared import BodyRefused, is_json, media_type, read_json_file
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _MAX_DETAIL = 200  # characters of the schema's complaint passed on to the client
@@ -64,13 +64,6 @@ class ValidateConfig(PluginConfig):
         return value
 
 
-def _is_json(content_type: bytes | None) -> bool:
-    if content_type is None:
-        return False
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
-
-
 def _place(path: Any) -> str:
     return "$" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
 
@@ -93,7 +86,7 @@ class ValidatePlugin(Plugin):
             if ctx.method in _BODY_METHODS:
                 raise InvalidBody("A JSON body is required.")
             return None
-        if not _is_json(ctx.header(b"content-type")):
+        if not is_json(media_type(ctx.header(b"content-type"))):
             raise UnsupportedMediaType()
         try:
             document = json.loads(body)

@@ -28,7 +28,7 @@ from frontgate.config.schema import Route, Size
 from frontgate.errors import BadGateway
 from frontgate.pipeline.context import RequestContext, ResponseHead
 from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.files import BodyRefused
+from frontgate.plugins.shared import BodyRefused, is_json, media_type
 
 
 class InvalidJsonBody(BodyRefused):
@@ -46,14 +46,6 @@ class XmlJsonConfig(PluginConfig):
     root: str = Field("root", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
                       description="The XML root element around JSON that has no single top-level key.")
     body_limit: Size = Field(1024 * 1024, gt=0, description="Largest body transformed, either way.")
-
-
-def _media(content_type: bytes | None) -> bytes:
-    return (content_type or b"").split(b";", 1)[0].strip().lower()
-
-
-def _is_json(media: bytes) -> bool:
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def _is_xml(media: bytes) -> bool:
@@ -90,7 +82,7 @@ class XmlJsonPlugin(Plugin):
         ctx.remove_header(b"accept-encoding")  # the response must come uncompressed to be rewritten
 
     def on_body(self, ctx: RequestContext, body: bytes) -> bytes | None:
-        if not body or not _is_json(_media(ctx.header(b"content-type"))):
+        if not body or not is_json(media_type(ctx.header(b"content-type"))):
             return None
         try:
             value = json.loads(body)
@@ -102,7 +94,7 @@ class XmlJsonPlugin(Plugin):
 
     def on_response_body(self, ctx: RequestContext, head: ResponseHead, body: bytes) -> bytes:
         fields = dict(head.headers)
-        if not body or b"content-encoding" in fields or not _is_xml(_media(fields.get(b"content-type"))):
+        if not body or b"content-encoding" in fields or not _is_xml(media_type(fields.get(b"content-type"))):
             return body
         try:
             value = xmltodict.parse(body, disable_entities=True)

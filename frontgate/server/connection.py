@@ -343,17 +343,15 @@ class HttpConnection(asyncio.Protocol):
         if route is None:
             on_headers = runtime.routes_on_headers
             try:
-                route = runtime.router.match(method, host, path, ctx.headers if on_headers else ())
+                route = runtime.match_route(ctx)
             except (NotFound, MethodNotAllowed) as error:
-                preflight_route = runtime.preflight_route(method, host, path, ctx.headers, error)
-                if preflight_route is None:
-                    return Exchange(self, runtime, ctx, framing, None, error)
-                route = preflight_route
-            else:
-                if not on_headers and len(raw_path) <= _CACHED_PATH_BYTES:  # long, rare paths would crowd it
-                    if len(runtime.route_cache) >= ROUTE_CACHE_SIZE:
-                        runtime.route_cache.clear()  # crude but bounded: a hot set refills it at once
-                    runtime.route_cache[cache_key] = (path, route)
+                return Exchange(self, runtime, ctx, framing, None, error)
+            # Not cached: long, rare paths (they would crowd the cache), and OPTIONS (a CORS preflight is
+            # routed by its headers).
+            if not on_headers and len(raw_path) <= _CACHED_PATH_BYTES and method != "OPTIONS":
+                if len(runtime.route_cache) >= ROUTE_CACHE_SIZE:
+                    runtime.route_cache.clear()  # crude but bounded: a hot set refills it at once
+                runtime.route_cache[cache_key] = (path, route)
         ctx.route = route
         if framing.content_length is not None and framing.content_length > route.max_body_bytes:
             raise PayloadTooLarge()  # before reading a byte of it

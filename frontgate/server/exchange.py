@@ -602,8 +602,6 @@ class Exchange:
         self._held = self._held_body = None
         status, lines, has_date, _ = held
         head = ResponseHead(status, lines=lines)
-        if self.grpc_status is not None and not head.has(b"grpc-status"):
-            head.set(b"grpc-status", b"%d" % self.grpc_status)  # from the trailers, as a trailers-only answer has it
         body = b"".join(body_parts)
         for hook in self.route.response_body_hooks:
             body = hook(self.ctx, head, body)
@@ -635,7 +633,10 @@ class Exchange:
         self.conn.out.append(chunk(data) if self._chunked_out else data)
 
     def response_trailers(self, lines: list[bytes]) -> None:
-        """Over HTTP/1.1 trailers are not relayed (few clients ask for them); HTTP/2 relays them."""
+        """Over HTTP/1.1 trailers are not relayed (few clients ask for them); HTTP/2 relays them. A held
+        response, sent whole, carries them as header fields (gRPC's grpc-status for grpc_transcode)."""
+        if self._held is not None:
+            self._held[1].extend(lines)
 
     def response_complete(self, reusable: bool) -> None:
         if self.finished:

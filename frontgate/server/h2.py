@@ -288,14 +288,9 @@ class H2Connection(asyncio.Protocol):
         framing = RequestFraming(content_length, not ended and content_length is None, authority, True, False,
                                  _NO_TOKENS)
         try:
-            route = runtime.router.match(method, host, path, ctx.headers if runtime.routes_on_headers else ())
+            route = runtime.match_route(ctx)
         except (NotFound, MethodNotAllowed) as error:
-            preflight_route = runtime.preflight_route(method, host, path, ctx.headers, error)
-            if preflight_route is None:
-                exchange = H2Exchange(stream, runtime, ctx, framing, None, error)
-            else:
-                ctx.route = preflight_route
-                exchange = H2Exchange(stream, runtime, ctx, framing, preflight_route, None)
+            exchange = H2Exchange(stream, runtime, ctx, framing, None, error)
         else:
             ctx.route = route
             if content_length is not None and content_length > route.max_body_bytes:

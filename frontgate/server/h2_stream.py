@@ -64,7 +64,9 @@ class H2Exchange(Exchange):
         self.conn.send_data(data)
 
     def response_trailers(self, lines: list[bytes]) -> None:
-        if not self.finished:
+        if self._held is not None:  # a held response carries them as header fields (see Exchange)
+            self._held[1].extend(lines)
+        elif not self.finished:
             self.conn.trailers = split_lines(lines)
 
     def _send_end(self) -> None:

@@ -141,6 +141,7 @@ def test_grpc_errors_become_http_statuses_and_bad_requests_400(gateway: RunningG
     missing = httpx.get(gateway.url("/v1/books/missing"), timeout=10)
     assert missing.status_code == 404
     assert missing.json()["error"] == "not_found" and missing.json()["request_id"]
+    assert missing.json()["message"] == "no book missing"  # the service's grpc-message, from its trailers
     bad = httpx.post(gateway.url("/v1/shelves/s/books"), json={"pages": "many"}, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
     nowhere = httpx.get(gateway.url("/v1/nothing/here"), timeout=10)

@@ -1,5 +1,5 @@
-"""What the body-reading plugins share: the files their settings name (schemas, allow-lists, descriptor sets),
-read when the config loads, and the error for a body they refuse."""
+"""What plugins share: reading the files their settings name (schemas, allow-lists, descriptor sets, JWKS)
+when the config loads, and for those that read bodies, media types and the error for a body they refuse."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from frontgate.errors import BadRequest
+
+
+def media_type(content_type: bytes | None) -> bytes:
+    """`application/json; charset=utf-8` -> `application/json` (lowercase; empty when there is none)."""
+    return (content_type or b"").split(b";", 1)[0].strip().lower()
+
+
+def is_json(media: bytes) -> bool:
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 class BodyRefused(BadRequest):
