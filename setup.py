@@ -1,21 +1,25 @@
-"""Build hook. With FRONTGATE_NATIVE=1 the modules every request runs through are compiled to C with
-mypyc, from the same type-checked source: about a third fewer instructions per request (BENCHMARKS.md).
+"""Build hook: the modules every request runs through are compiled to C with mypyc, from the same
+type-checked source: about a third fewer instructions per request (BENCHMARKS.md).
 
-mypyc type-checks the whole program, so it needs frontgate's dependencies and mypy installed: build it in
-the environment that has them, after a plain install:
+mypyc type-checks the whole program, so it needs mypy and frontgate's dependencies in the build environment.
+`./scripts/build-native` (run by `./scripts/test` and `bench/run.sh`) builds it in place, in `.venv`:
 
-    pip install -e '.[test]'
-    FRONTGATE_NATIVE=1 pip install --no-build-isolation --no-deps -e .
+    pip install -e '.[test]'                                  # pure Python first: the dependencies
+    pip install --no-build-isolation --no-deps -e .           # then compiled, where mypy now is
 
-Without FRONTGATE_NATIVE the package is pure Python: it behaves the same, only slower. After editing a
-compiled module, build again, or the previous build keeps running.
+Where mypyc is missing (pip's isolated build, which has only setuptools) or the C compiler fails, the
+package is pure Python: it behaves the same, only slower. FRONTGATE_NATIVE=0 asks for pure Python.
+After editing a compiled module, build again (the tests refuse to run against a stale build).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 HOT_PATH = [
     "frontgate/server/connection.py",
@@ -23,15 +27,50 @@ HOT_PATH = [
     "frontgate/upstream/connection.py",
     "frontgate/protocol/http1.py",
     "frontgate/pipeline/context.py",
+    # the accounting at the end of each request: access log, metrics, trace context
+    "frontgate/observability/batch.py",
+    "frontgate/observability/access_log.py",
+    "frontgate/observability/metrics.py",
+    "frontgate/observability/tracing.py",
 ]
 
 
-def ext_modules() -> list[object]:
-    if os.environ.get("FRONTGATE_NATIVE") != "1":
-        return []
-    from mypyc.build import mypycify
+def _note(message: str) -> None:
+    print(f"frontgate: {message}", file=sys.stderr)
 
+
+class OptionalBuildExt(build_ext):
+    """Compile the extensions if the machine can; if it cannot, leave none behind (half a build would not
+    import) and install pure Python instead."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as error:  # a compiler missing or failing: CCompilerError, DistutilsExecError, ...
+            _note(f"compiling the hot path failed ({error}); installing pure Python")
+            for output in self.get_outputs():
+                Path(output).unlink(missing_ok=True)
+            _remove_earlier_build()
+
+
+def _remove_earlier_build() -> None:
+    """A pure-Python build in place (editable) must not leave an earlier compiled build to be imported."""
+    root = Path(__file__).resolve().parent
+    for library in [*root.glob("frontgate_native__mypyc.*.so"), *root.glob("frontgate/**/*.cpython-*.so")]:
+        library.unlink()
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("FRONTGATE_NATIVE", "1") == "0":
+        _remove_earlier_build()
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        _note("mypyc is not in the build environment; installing pure Python (see ./scripts/build-native)")
+        _remove_earlier_build()
+        return []
     return list(mypycify(HOT_PATH, opt_level="3", group_name="frontgate_native"))
 
 
-setup(ext_modules=ext_modules())
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -127,6 +127,10 @@ def main() -> None:
     base, other = sys.argv[1], sys.argv[2]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 6
+    build = subprocess.run([str(FRONTGATE.with_name("python")), "-c", "import frontgate.server.exchange as m; "
+                            "print('compiled (mypyc)' if m.__file__.endswith('.so') else 'pure Python')"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    print(f"frontgate build: {build} (./scripts/build-native compiles it)")
     with tempfile.TemporaryDirectory(prefix="frontgate-paired-") as tmp:
         upstream_port, redis_port, ports = free_port(), free_port(), (free_port(), free_port())
         processes = [start_upstream(Path(tmp), upstream_port), start_redis(redis_port)]

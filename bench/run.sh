@@ -314,6 +314,8 @@ for name in ("frontgate", "uvloop", "httptools", "pydantic"):
     except metadata.PackageNotFoundError:
         out.append(f"{name} -")
 print(", ".join(out))' 2>&1)"
+    meta build "$("$FG_PY" -c 'import frontgate.server.exchange as m
+print("compiled (mypyc)" if m.__file__.endswith(".so") else "pure Python")' 2>&1)"
 else
     meta python "no interpreter next to $BENCH_FRONTGATE"
 fi

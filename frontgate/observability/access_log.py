@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from frontgate.config.schema import AccessLog as AccessLogConfig
 from frontgate.observability.families import LATENCY_BOUNDS
 from frontgate.observability.metrics import NO_ROUTE, NO_UPSTREAM, AttemptSeries, RequestMetrics, RequestSeries
-from frontgate.observability.tracing import TRACE_HEX, trace_id_hex
+from frontgate.observability.tracing import TRACE_END, TRACE_START, trace_id_hex
 from frontgate.pipeline.context import new_request_ids
 
 if TYPE_CHECKING:
@@ -107,8 +107,8 @@ class _Writer:
         self.idle.set()
         self.stopping = False
         self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="frontgate-access-log", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="frontgate-access-log", daemon=True)
+        self._worker.start()
 
     def _open(self) -> int:
         assert self.path is not None
@@ -171,8 +171,8 @@ class _Writer:
     def close(self, timeout: float) -> None:
         self.stopping = True
         self.wake.set()
-        self._thread.join(timeout)
-        if self.path is not None and not self._thread.is_alive():
+        self._worker.join(timeout)
+        if self.path is not None and not self._worker.is_alive():
             os.close(self.fd)
 
 
@@ -272,7 +272,7 @@ class AccessLog:
             if trace is None:
                 quote, trace_id = "", "null"
             elif type(trace) is bytes:  # an unsampled trace's traceparent line
-                quote, trace_id = '"', trace[TRACE_HEX].decode()
+                quote, trace_id = '"', trace[TRACE_START:TRACE_END].decode()
             else:  # with tracing off, the caller's trace id (a str)
                 quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
             if state or limit is not None:

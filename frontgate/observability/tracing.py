@@ -39,8 +39,9 @@ _SAMPLED_LINE = b"traceparent: 00-%032x-%016x-01\r\n"
 # An unsampled try's line; "x" marks where random hex goes. Slices of such a line:
 _UNSAMPLED_TEMPLATE = b"traceparent: 00-" + b"x" * 32 + b"-" + b"x" * 16 + b"-00\r\n"
 _LINE = len(_UNSAMPLED_TEMPLATE)
-TRACE_HEX = slice(16, 48)  # the trace id
-_LOW_HEX = slice(32, 48)  # its low 64 bits, which sampling looks at
+# Where the trace id's hex digits are, and its low 64 bits (which sampling looks at) start; plain numbers,
+# not slice objects, which the compiled build (setup.py) cannot index bytes with.
+TRACE_START, TRACE_END, _LOW_START = 16, 48, 32
 _SPAN_START = 49  # the try's span id and the flags follow; everything before is the trace's
 _LINES_PER_FILL = 512
 _FILL = _LINE * _LINES_PER_FILL
@@ -71,7 +72,7 @@ class Trace:
 def trace_id_hex(trace: Trace | bytes) -> str:
     """The 32 hex digits of a request's trace id (`ctx.trace`: its Trace, or the line of an unsampled one)."""
     if isinstance(trace, bytes):
-        return trace[TRACE_HEX].decode("ascii")
+        return trace[TRACE_START:TRACE_END].decode("ascii")
     return f"{trace.trace_id:032x}"
 
 
@@ -148,15 +149,15 @@ class Tracer:
             self._random, at = _random_lines(), 0
         self._at = at + _LINE
         line = self._random[at:at + _LINE]
-        sampled = line[_LOW_HEX] < self._bound_hex
-        ctx.trace = trace = Trace(int(line[TRACE_HEX], 16), 0, True, None) if sampled else line
+        sampled = line[_LOW_START:TRACE_END] < self._bound_hex
+        ctx.trace = trace = Trace(int(line[TRACE_START:TRACE_END], 16), 0, True, None) if sampled else line
         return trace
 
     def _new_trace(self) -> Trace | bytes:
         """A new trace, sampled when the low 64 bits of its random id are under the ratio."""
         line = self._fresh_line()
-        if line[_LOW_HEX] < self._bound_hex:
-            return Trace(int(line[TRACE_HEX], 16), 0, True, None)
+        if line[_LOW_START:TRACE_END] < self._bound_hex:
+            return Trace(int(line[TRACE_START:TRACE_END], 16), 0, True, None)
         return line
 
     def _fresh_line(self) -> bytes:
@@ -321,8 +322,8 @@ class SpanExporter:
         self.retry_at = 0.0  # monotonic time of the next try after a failure
         self._backoff = BACKOFF_FIRST
         self._warned = 0.0
-        self._thread = threading.Thread(target=self._run, name="frontgate-otlp", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="frontgate-otlp", daemon=True)
+        self._worker.start()
 
     def _run(self) -> None:
         while not self._stop:
@@ -372,7 +373,7 @@ class SpanExporter:
         deadline = time.monotonic() + timeout
         self._stop = True
         self.wake.set()
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
+        self._worker.join(timeout)
+        if not self._worker.is_alive():
             self._drain(deadline)
         self._sender.close()

@@ -3,9 +3,6 @@ families, percentiles from histograms, the Prometheus text, and what /config red
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-from typing import Any
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +12,7 @@ from frontgate.observability.families import LATENCY_BOUNDS, FamilySet, quantile
 from frontgate.observability.metrics import method_class, status_class
 from frontgate.observability.tracing import Trace, Tracer, _random_lines, incoming_trace_id, parse_traceparent
 from frontgate.pipeline.context import RequestContext
+from frontgate.server.exchange import Exchange
 
 VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -59,9 +57,12 @@ def test_new_traces_get_valid_unsampled_traceparent_lines_with_distinct_ids() ->
     assert len({line[16:48] for line in cut}) == len(cut)
 
 
-def _exchange(*lines: bytes) -> Any:
-    ctx = RequestContext("GET", "/", b"", None, "x", "127.0.0.1", "127.0.0.1", "http", "1.1", list(lines))
-    return SimpleNamespace(ctx=ctx, attempts=1)
+def _exchange(*lines: bytes) -> Exchange:
+    """An exchange with only what the tracer reads (a real one: the compiled build checks the type)."""
+    exchange = Exchange.__new__(Exchange)
+    exchange.ctx = RequestContext("GET", "/", b"", None, "x", "127.0.0.1", "127.0.0.1", "http", "1.1", list(lines))
+    exchange.attempts = 1
+    return exchange
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
