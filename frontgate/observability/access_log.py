@@ -18,15 +18,20 @@ import os
 import sys
 import threading
 import time
-from bisect import bisect_left
 from collections import deque
 from json.encoder import encode_basestring_ascii as _quote
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 from frontgate.config.schema import AccessLog as AccessLogConfig
-from frontgate.observability.families import LATENCY_BOUNDS
-from frontgate.observability.metrics import NO_ROUTE, NO_UPSTREAM, AttemptSeries, RequestMetrics, RequestSeries
-from frontgate.observability.tracing import TRACE_END, TRACE_START, trace_id_hex
+from frontgate.observability.metrics import (
+    NO_ROUTE,
+    NO_UPSTREAM,
+    AttemptSeries,
+    RequestMetrics,
+    RequestSeries,
+    latency_bucket,
+)
+from frontgate.observability.tracing import TRACE_END, TRACE_START, Trace, trace_id_hex
 from frontgate.pipeline.context import new_request_ids
 
 if TYPE_CHECKING:
@@ -36,10 +41,10 @@ MAX_BACKLOG = 16 * 1024 * 1024  # bytes handed over but not yet written; beyond,
 _REOPEN = b""  # in the writer's queue: close and reopen the file
 PAUSE = 0.05  # seconds the writer thread waits after writing, for more blocks to write at once
 _MAX_BLOCKS = 256  # blocks in one writev (the system allows 1024)
-_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
-_MAX_SHAPES = 4096  # kinds of request whose pieces are kept; beyond, they are made again
-_NO_OUTCOMES = '"cache":null,"auth_failure":null,"rate_limit":null}\n'
-_LIMIT_OK = '"cache":null,"auth_failure":null,"rate_limit":"ok"}\n'  # the other common case
+_MILLIS: Final = [f".{ms:03d}Z" for ms in range(1000)]  # the time's fraction, made once
+_MAX_SHAPES: Final = 4096  # kinds of request whose pieces are kept; beyond, they are made again
+_NO_OUTCOMES: Final = '"cache":null,"auth_failure":null,"rate_limit":null}\n'
+_LIMIT_OK: Final = '"cache":null,"auth_failure":null,"rate_limit":"ok"}\n'  # the other common case
 
 
 def _write_all(fd: int, blocks: list[bytes]) -> None:
@@ -57,10 +62,21 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
-# The fixed text between a line's own values, for requests of one kind (what comes before the path, before
-# upstream_us, before bytes_in and before the outcomes), and with metrics on, the series they count under:
-# the request's, and the try's when there is exactly one.
-_Shape = tuple[str, str, str, str, RequestSeries | None, AttemptSeries | None]
+@final
+class _Shape:
+    """The fixed text between a line's own values, for requests of one kind, and with metrics on, the series
+    they count under: the request's, and the try's when there is exactly one."""
+
+    __slots__ = ("attempts", "before_bytes_in", "before_outcomes", "before_path", "before_upstream_us", "series")
+
+    def __init__(self, before_path: str, before_upstream_us: str, before_bytes_in: str, before_outcomes: str,
+                 series: RequestSeries | None, attempts: AttemptSeries | None) -> None:
+        self.before_path = before_path
+        self.before_upstream_us = before_upstream_us
+        self.before_bytes_in = before_bytes_in
+        self.before_outcomes = before_outcomes
+        self.series = series
+        self.attempts = attempts
 
 
 def _shape(consumer: str | None, method: str, host: str, route: str | None, last: list[Any] | None,
@@ -75,7 +91,7 @@ def _shape(consumer: str | None, method: str, host: str, route: str | None, last
     else:
         cluster, target = last[0], last[1]
         upstream = f'"upstream":{_quote(cluster.name)},"target":{_quote(target.url)},"upstream_us":'
-    return (
+    return _Shape(
         f',"consumer":{_text(consumer)},"method":{_quote(method)},"host":{_quote(host)},"path":',
         f',"route":{_text(route)},{upstream}',
         f',"status":{status},"grpc_status":{"null" if grpc_status is None else grpc_status},"bytes_in":',
@@ -220,47 +236,51 @@ class AccessLog:
         if metrics is not self._shapes_metrics:
             self._shapes.clear()
             self._shapes_metrics = metrics
-        bounds = LATENCY_BOUNDS
+        quote, millis_text = _quote, _MILLIS  # module globals are a dict lookup each time, locals are not
         lines: list[str] = []
         append = lines.append
         offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
         shapes = self._shapes
         if len(shapes) > _MAX_SHAPES:
             shapes.clear()
-        # Ids for the requests that never needed one, made all at once (field 9 of a record: the request's id).
-        next_id = iter(new_request_ids([record[9] for record in records].count(None))).__next__
-        for (now, started_at, route, method, status, tries, bytes_in, bytes_out, grpc_status, request_id, trace,
-             client_ip, consumer, host, path, state, limit) in records:
+        # Ids for the requests that never needed one, made all at once.
+        next_id = iter(new_request_ids([record.request_id for record in records].count(None))).__next__
+        for record in records:
+            now = record.now
             millis = int((now + offset) * 1000.0) - second_ms
             if not 0 <= millis < 1000:
                 self._next_second(now)
                 offset, second_ms, stamp = self._offset, self._second_ms, self._stamp
                 millis = int((now + offset) * 1000.0) - second_ms
-            if route is not None:
-                route = route.name  # not the route: the key must not keep an old config generation alive
+            consumer, method, host, route = record.consumer, record.method, record.host, record.route
+            status, grpc_status, tries = record.status, record.grpc_status, record.tries
             if tries:
-                last = tries[-1]
-                try_elapsed = (last[3] or now) - last[2]  # 0: the try was still open when the exchange ended
-                upstream_us: int | str = int(try_elapsed * 1e6)
-                key = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
+                last: list[Any] | None = tries[-1]
+                assert last is not None
+                try_elapsed: float = (last[3] or now) - last[2]  # 0: the try was still open when the exchange ended
+                upstream_us = str(int(try_elapsed * 1e6))
+                key: tuple[Any, ...] = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
             else:
-                last, upstream_us = None, "null"
+                last, try_elapsed, upstream_us = None, 0.0, "null"
                 key = (consumer, method, host, route, None, status, grpc_status, 0)
             shape = shapes.get(key)
             if shape is None:
-                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status, len(tries),
-                                             metrics)
-            before_path, before_upstream_us, before_bytes_in, before_outcomes, series, attempts = shape
-            elapsed = now - started_at
+                shape = shapes[key] = _shape(consumer, method, host, route, last, status, grpc_status,
+                                             len(tries) if tries else 0, metrics)
+            elapsed = now - record.started
+            bytes_in, bytes_out = record.bytes_in, record.bytes_out
+            series = shape.series
             if series is not None:  # metrics on: `RequestMetrics.count`, inline
                 series.total += elapsed
-                series.buckets[bisect_left(bounds, elapsed)] += 1
+                series.buckets[latency_bucket(elapsed)] += 1
                 if bytes_in:
                     series.bytes_in += bytes_in
                 series.bytes_out += bytes_out
+                attempts = shape.attempts
                 if attempts is not None:  # the one try
+                    assert last is not None
                     attempts.total += try_elapsed
-                    attempts.buckets[bisect_left(bounds, try_elapsed)] += 1
+                    attempts.buckets[latency_bucket(try_elapsed)] += 1
                     if not last[4]:
                         attempts.errors += 1
                 elif tries:  # retried
@@ -269,23 +289,29 @@ class AccessLog:
                 if grpc_status is not None:
                     assert metrics is not None
                     metrics.count_grpc(route or NO_ROUTE, last[0].name if last else NO_UPSTREAM, grpc_status)
+            trace = record.trace
             if trace is None:
-                quote, trace_id = "", "null"
-            elif type(trace) is bytes:  # an unsampled trace's traceparent line
-                quote, trace_id = '"', trace[TRACE_START:TRACE_END].decode()
-            else:  # with tracing off, the caller's trace id (a str)
-                quote, trace_id = '"', trace if type(trace) is str else trace_id_hex(trace)
+                mark, trace_id = "", "null"
+            elif isinstance(trace, bytes):  # an unsampled trace's traceparent line
+                mark, trace_id = '"', trace[TRACE_START:TRACE_END].decode()
+            elif isinstance(trace, str):  # with tracing off, the caller's trace id
+                mark, trace_id = '"', trace
+            else:
+                assert isinstance(trace, Trace)
+                mark, trace_id = '"', trace_id_hex(trace)
+            state, limit = record.state, record.limit
             if state or limit is not None:
                 outcomes = _LIMIT_OK if not state and limit[1].allowed else _outcomes(state, limit)
             else:
                 outcomes = _NO_OUTCOMES
             # Ids the gateway made are hex: only one that came from elsewhere needs escaping.
-            request_id = next_id() if request_id is None else _quote(request_id)[1:-1]
+            request_id = record.request_id
+            request_id = next_id() if request_id is None else quote(request_id)[1:-1]
             append(
-                f'{stamp}{_MILLIS[millis]}","request_id":"{request_id}","trace_id":{quote}{trace_id}{quote},'
-                f'"client_ip":{_quote(client_ip)}{before_path}{_quote(path)}{before_upstream_us}{upstream_us}'
-                f'{before_bytes_in}{bytes_in},"bytes_out":{bytes_out},"duration_us":{int(elapsed * 1e6)}'
-                f'{before_outcomes}{outcomes}'
+                f'{stamp}{millis_text[millis]}","request_id":"{request_id}","trace_id":{mark}{trace_id}{mark},'
+                f'"client_ip":{quote(record.client_ip)}{shape.before_path}{quote(record.path)}'
+                f'{shape.before_upstream_us}{upstream_us}{shape.before_bytes_in}{bytes_in},"bytes_out":{bytes_out},'
+                f'"duration_us":{int(elapsed * 1e6)}{shape.before_outcomes}{outcomes}'
             )
         writer.submit("".join(lines).encode(), len(lines))
 

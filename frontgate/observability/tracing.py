@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from random import getrandbits
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from frontgate.config.schema import Tracing
 from frontgate.observability.otlp import OtlpSender, SpanEncoder
@@ -35,19 +35,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("frontgate.tracing")
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-_SAMPLED_LINE = b"traceparent: 00-%032x-%016x-01\r\n"
+_SAMPLED_LINE: Final = b"traceparent: 00-%032x-%016x-01\r\n"
 # An unsampled try's line; "x" marks where random hex goes. Slices of such a line:
 _UNSAMPLED_TEMPLATE = b"traceparent: 00-" + b"x" * 32 + b"-" + b"x" * 16 + b"-00\r\n"
-_LINE = len(_UNSAMPLED_TEMPLATE)
+_LINE: Final = len(_UNSAMPLED_TEMPLATE)
 # Where the trace id's hex digits are, and its low 64 bits (which sampling looks at) start; plain numbers,
 # not slice objects, which the compiled build (setup.py) cannot index bytes with.
-TRACE_START, TRACE_END, _LOW_START = 16, 48, 32
-_SPAN_START = 49  # the try's span id and the flags follow; everything before is the trace's
-_LINES_PER_FILL = 512
-_FILL = _LINE * _LINES_PER_FILL
+TRACE_START: Final = 16
+TRACE_END: Final = 48
+_LOW_START: Final = 32
+_SPAN_START: Final = 49  # the try's span id and the flags follow; everything before is the trace's
+_LINES_PER_FILL: Final = 512
+_FILL: Final = _LINE * _LINES_PER_FILL
 EXPORT_EVERY = 1.0  # seconds between batches when traffic is light
-BATCH = 512  # spans per export request; a full batch wakes the exporter early
-MAX_QUEUE = 4096  # requests waiting for export; beyond, spans are dropped and counted
+BATCH: Final = 512  # spans per export request; a full batch wakes the exporter early
+MAX_QUEUE: Final = 4096  # requests waiting for export; beyond, spans are dropped and counted
 _EXPORT_TIMEOUT = 5.0  # seconds one batch may take, a new connection after a dropped one included
 BACKOFF_FIRST = 1.0  # seconds without exports after a failed one, doubled by each failure in a row
 BACKOFF_MAX = 30.0

@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 from frontgate.observability.access_log import AccessLog
+from frontgate.observability.batch import Record
 from frontgate.observability.families import FamilySet, render_prometheus
 from frontgate.observability.metrics import RequestMetrics
 
 
-def _records() -> list[tuple[Any, ...]]:
-    orders, broken = SimpleNamespace(name="orders"), SimpleNamespace(name="broken")
+def _records() -> list[Record]:
     cluster = SimpleNamespace(name="orders-svc")
     first = SimpleNamespace(url="http://127.0.0.1:1", state=object())
     second = SimpleNamespace(url="http://127.0.0.1:2", state=object())
-    records = []
+    records: list[Record] = []
     for i in range(40):
         now = 100.0 + i
         if i % 5 == 0:  # a retry: the first try failed
@@ -29,10 +28,10 @@ def _records() -> list[tuple[Any, ...]]:
             tries = []
         else:
             tries = [[cluster, first if i % 2 else second, now - 0.004 * (i % 4), now - 0.001, True]]
-        route = None if i % 13 == 0 else (broken if i % 3 == 0 else orders)
+        route = None if i % 13 == 0 else ("broken" if i % 3 == 0 else "orders")
         status = 404 if route is None else (503 if i % 3 == 0 else 200)
         grpc = 14 if i % 9 == 0 else None
-        records.append((now, now - 0.01 * (i % 6) - 0.002, route, "GET" if i % 4 else "POST", status, tries,
+        records.append(Record(now, now - 0.01 * (i % 6) - 0.002, route, "GET" if i % 4 else "POST", status, tries,
                         i % 3 * 100, 1000 + i, grpc, None, None, "127.0.0.1", None, "example.com",
                         f"/orders/{i}", None, None))
     return records
@@ -59,7 +58,7 @@ def test_the_access_log_loop_counts_what_the_metrics_loop_counts(tmp_path: Path)
     text = _exposition(alone)
     assert 'grpc_status="UNAVAILABLE"' in text and 'outcome="error"' in text and 'route="(none)"' in text
     lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
-    assert [line["path"] for line in lines] == [record[14] for record in records]
+    assert [line["path"] for line in lines] == [record.path for record in records]
 
 
 def test_metrics_turned_on_later_do_not_count_into_the_old_series(tmp_path: Path) -> None:
