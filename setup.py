@@ -32,6 +32,10 @@ HOT_PATH = [
     "frontgate/observability/access_log.py",
     "frontgate/observability/metrics.py",
     "frontgate/observability/tracing.py",
+    "frontgate/observability/otlp.py",  # (the export thread's span encoding: off the loop, not off the core)
+    # the pool and the target picking every request goes through
+    "frontgate/upstream/pool.py",
+    "frontgate/upstream/cluster.py",
 ]
 
 
@@ -53,11 +57,15 @@ class OptionalBuildExt(build_ext):
             _remove_earlier_build()
 
 
-def _remove_earlier_build() -> None:
-    """A pure-Python build in place (editable) must not leave an earlier compiled build to be imported."""
+def _remove_earlier_build(keep: tuple[str, ...] = ()) -> None:
+    """An earlier compiled build in place (editable) must not be imported instead of the source: remove its
+    modules, except those of `keep`, which the build now running replaces."""
     root = Path(__file__).resolve().parent
-    for library in [*root.glob("frontgate_native__mypyc.*.so"), *root.glob("frontgate/**/*.cpython-*.so")]:
-        library.unlink()
+    libraries = [*root.glob("frontgate_native__mypyc.*.so"), *root.glob("frontgate/**/*.cpython-*.so")]
+    for library in libraries:
+        source = library.parent / (library.name.split(".")[0] + ".py")
+        if not keep or source.relative_to(root).as_posix() not in keep:
+            library.unlink()
 
 
 def ext_modules() -> list[object]:
@@ -70,6 +78,7 @@ def ext_modules() -> list[object]:
         _note("mypyc is not in the build environment; installing pure Python (see ./scripts/build-native)")
         _remove_earlier_build()
         return []
+    _remove_earlier_build(keep=tuple(HOT_PATH))  # a module no longer compiled must not stay compiled
     return list(mypycify(HOT_PATH, opt_level="3", group_name="frontgate_native"))
 
 

@@ -34,7 +34,7 @@ from frontgate.protocol.http1 import (
 from frontgate.server.aggregate import aggregate
 from frontgate.upstream.cluster import Target, UpstreamCluster
 from frontgate.upstream.connection import UpstreamChannel, UpstreamReset
-from frontgate.upstream.pool import UpstreamConnectError, UpstreamConnectTimeout
+from frontgate.upstream.errors import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.retry import IDEMPOTENT_METHODS, Failure
 
 if TYPE_CHECKING:

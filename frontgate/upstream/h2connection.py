@@ -35,8 +35,8 @@ import h2.settings
 
 from frontgate.errors import HttpError
 from frontgate.upstream.connection import ResponseReceiver, UpstreamProtocolError, UpstreamReset
+from frontgate.upstream.errors import UpstreamConnectError
 from frontgate.upstream.h2_head import Fields, request_fields, response_fields, trailer_lines
-from frontgate.upstream.pool import UpstreamConnectError
 
 # Receive windows we announce. A stream's window bounds what one paused response holds in memory; 256 KiB
 # keeps large gRPC messages moving without a round trip per 64 KiB (the protocol's default).

@@ -12,8 +12,9 @@ import asyncio
 import logging
 
 from frontgate.upstream.connection import UpstreamChannel
+from frontgate.upstream.errors import UpstreamConnectError
 from frontgate.upstream.h2connection import STREAMS_BEFORE_SETTINGS, H2Stream, H2UpstreamConnection
-from frontgate.upstream.pool import PoolKey, UpstreamConnectError, open_connection
+from frontgate.upstream.pool import PoolKey, open_connection
 
 log = logging.getLogger("frontgate.upstream")
 

@@ -11,19 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, cast
 
-from frontgate.errors import BadGateway, GatewayTimeout
 from frontgate.upstream.connection import UpstreamChannel, UpstreamConnection
+from frontgate.upstream.errors import UpstreamConnectError, UpstreamConnectTimeout
 from frontgate.upstream.tls import handshake_failure
 
 log = logging.getLogger("frontgate.upstream")
-
-
-class UpstreamConnectError(BadGateway):
-    message = "The upstream service could not be reached."
-
-
-class UpstreamConnectTimeout(GatewayTimeout):
-    message = "The upstream service did not accept the connection in time."
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ import grpc
 import httpx
 import pytest
 
+from frontgate.upstream.errors import UpstreamConnectError
 from frontgate.upstream.h2connection import STREAM_WINDOW
-from frontgate.upstream.pool import UpstreamConnectError
 from tests.grpc.driver import WAIT, Received, call, grpc_head, h2_pool, run, take_stream
 from tests.grpc.notes import NotesServer, compile_notes, frame, self_signed, unframe
 from tests.integration.helpers import free_port, gateway_config, run_gateway

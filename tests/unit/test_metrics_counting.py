@@ -4,19 +4,21 @@ counting must give the same numbers, whatever the mix of routes, tries, retries,
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from types import SimpleNamespace
 
+from frontgate.config.schema import Upstream
 from frontgate.observability.access_log import AccessLog
 from frontgate.observability.batch import Record
 from frontgate.observability.families import FamilySet, render_prometheus
 from frontgate.observability.metrics import RequestMetrics
+from frontgate.upstream.cluster import UpstreamCluster, UpstreamRegistry
 
 
 def _records() -> list[Record]:
-    cluster = SimpleNamespace(name="orders-svc")
-    first = SimpleNamespace(url="http://127.0.0.1:1", state=object())
-    second = SimpleNamespace(url="http://127.0.0.1:2", state=object())
+    config = Upstream.model_validate({"targets": ["http://127.0.0.1:1", "http://127.0.0.1:2"]})
+    cluster = UpstreamCluster("orders-svc", config, UpstreamRegistry(time.monotonic), None)
+    first, second = cluster.targets
     records: list[Record] = []
     for i in range(40):
         now = 100.0 + i
