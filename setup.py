@@ -2,7 +2,7 @@
 type-checked source: about a third fewer instructions per request (BENCHMARKS.md).
 
 mypyc type-checks the whole program, so it needs mypy and frontgate's dependencies in the build environment.
-`./scripts/build-native` (run by `./scripts/test` and `bench/run.sh`) builds it in place, in `.venv`:
+`./scripts/build-native` (which `./scripts/test` runs) builds it in place, in `.venv`:
 
     pip install -e '.[test]'                                  # pure Python first: the dependencies
     pip install --no-build-isolation --no-deps -e .           # then compiled, where mypy now is
@@ -36,6 +36,11 @@ HOT_PATH = [
     # the pool and the target picking every request goes through
     "frontgate/upstream/pool.py",
     "frontgate/upstream/cluster.py",
+    # the rate limit's store round trip
+    "frontgate/store/resp.py",
+    "frontgate/store/redis_store.py",
+    "frontgate/store/memory.py",
+    "frontgate/plugins/rate_limit_keys.py",
 ]
 
 
