@@ -254,14 +254,14 @@ class AccessLog:
                 millis = int((now + offset) * 1000.0) - second_ms
             consumer, method, host, route = record.consumer, record.method, record.host, record.route
             status, grpc_status, tries = record.status, record.grpc_status, record.tries
+            last: list[Any] | None = None  # the last try: [cluster, target, started, ended, ok]
             if tries:
-                last: list[Any] | None = tries[-1]
-                assert last is not None
+                last = tries[-1]
                 try_elapsed: float = (last[3] or now) - last[2]  # 0: the try was still open when the exchange ended
                 upstream_us = str(int(try_elapsed * 1e6))
                 key: tuple[Any, ...] = (consumer, method, host, route, last[1].state, status, grpc_status, len(tries))
             else:
-                last, try_elapsed, upstream_us = None, 0.0, "null"
+                try_elapsed, upstream_us = 0.0, "null"
                 key = (consumer, method, host, route, None, status, grpc_status, 0)
             shape = shapes.get(key)
             if shape is None:

@@ -17,24 +17,31 @@ within `store.timeout`, `on_failure` decides: `open` serves without the limit an
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from mypy_extensions import mypyc_attr
 
-from frontgate.config.schema import Methods, Route
-from frontgate.errors import HttpError
+from frontgate.config.schema import Route
 from frontgate.pipeline.context import HookResult, RequestContext, RequestHook, RequestSummary
-from frontgate.plugins.base import BuildContext, Plugin, PluginConfig
-from frontgate.plugins.rate_limit_keys import KeyFunction, check_key, ip_key_prefix, key_function
+from frontgate.plugins.base import BuildContext, Plugin
+from frontgate.plugins.rate_limit_keys import KeyFunction, ip_key_prefix, key_function
+from frontgate.plugins.rate_limit_model import (
+    LimitItem,
+    LimitStoreUnavailable,
+    RateLimitConfig,
+    RateLimited,
+)
 from frontgate.store import DecisionPlan, LimitStore, MemoryStore, RateRule, StoreUnavailable, Verdict, shared_store
 from frontgate.store.base import MICROS, ceil_seconds
 
 # --- metrics --------------------------------------------------------------------------------------------
 
+OUTCOMES = ("admitted", "limited", "store_error")
+
+
 class LimitCounters:
-    """Decisions of one limit name in this process (limits of the same name share one)."""
+    """Decisions of one limit name in this process (limits of the same name share one); one attribute per
+    outcome of `OUTCOMES`."""
 
     __slots__ = ("admitted", "limited", "store_error")
 
@@ -59,85 +66,9 @@ def decision_counts() -> dict[tuple[str, str], int]:
     metrics exporter and tests."""
     out: dict[tuple[str, str], int] = {}
     for name, counters in COUNTERS.items():
-        for outcome in LimitCounters.__slots__:
+        for outcome in OUTCOMES:
             out[(name, outcome)] = getattr(counters, outcome)
     return out
-
-
-# --- errors ---------------------------------------------------------------------------------------------
-
-
-class RateLimited(HttpError):
-    status, code, message = 429, "rate_limited", "Too many requests; retry after the time in Retry-After."
-
-
-class LimitStoreUnavailable(HttpError):
-    status, code, message = 503, "rate_limit_unavailable", "The rate limit could not be checked; retry shortly."
-
-
-# --- config ---------------------------------------------------------------------------------------------
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h|d)\s*$")
-_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-
-class _Item(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(description="Names the counter (shared by limits of the same name) and the header item.")
-    key: str = Field("ip", description="ip, consumer, api_key, route, global, header:<name> or claim:<name>.")
-    methods: Methods = Field(default_factory=list, description="Only these methods; every method when empty.")
-    on_failure: Literal["open", "closed"] | None = Field(None, description="Overrides store.on_failure.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"invalid limit name {value!r}: use 1-64 letters, digits, '.', '_' or '-'")
-        return value
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        return check_key(value)
-
-
-
-class RateLimitSpec(_Item):
-    rate: str = Field(description="N/s, N/m, N/h or N/d: the sustained rate.")
-    burst: int = Field(0, ge=0, description="Extra requests allowed at once on top of N.")
-
-    @field_validator("rate")
-    @classmethod
-    def _rate(cls, value: str) -> str:
-        match = _RATE.match(str(value))
-        if not match or int(match.group(1)) < 1:
-            raise ValueError(f"invalid rate {value!r}: expected N/s, N/m, N/h or N/d with N >= 1, e.g. 100/s")
-        return value
-
-    @property
-    def rule(self) -> RateRule:
-        match = _RATE.match(self.rate)
-        assert match is not None
-        return RateRule.of(int(match.group(1)), _PERIODS[match.group(2)], self.burst)
-
-
-class ConcurrencySpec(_Item):
-    max: int = Field(gt=0, description="Requests of one key in flight at once; 429 beyond.")
-
-
-class RateLimitConfig(PluginConfig):
-    limits: list[RateLimitSpec] = Field(default_factory=list)
-    concurrency: list[ConcurrencySpec] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique(self) -> RateLimitConfig:
-        names = [item.name for item in [*self.limits, *self.concurrency]]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"limit names must be unique within rate_limit: {', '.join(duplicates)}")
-        return self
 
 
 # --- compiled -------------------------------------------------------------------------------------------
@@ -167,6 +98,7 @@ def _sf_string(value: str) -> bytes:
     return b'"' + value.encode("ascii") + b'"'  # names are [A-Za-z0-9_.-]: nothing to escape
 
 
+@mypyc_attr(native_class=False)  # a Plugin (interpreted) with class attributes; its methods are compiled
 class RateLimitPlugin(Plugin):
     name = "rate_limit"
     priority = 900  # after the authenticators and `allow` (consumer and claims known), before rewrites
@@ -185,14 +117,11 @@ class RateLimitPlugin(Plugin):
         self._other = self._compile(None)
 
     def _compile(self, method: str | None) -> Applicable | None:
-        def applies(item: _Item) -> bool:
-            return not item.methods or (method is not None and method in item.methods)
-
-        rates = [item for item in self.config.limits if applies(item)]
-        slots = [item for item in self.config.concurrency if applies(item)]
+        rates = [item for item in self.config.limits if _applies(item, method)]
+        slots = [item for item in self.config.concurrency if _applies(item, method)]
         if not rates and not slots:
             return None
-        items: list[_Item] = [*rates, *slots]
+        items: list[LimitItem] = [*rates, *slots]
         names = tuple(item.name for item in items)
         policy = b", ".join(_sf_string(r.name) + b";q=%d;w=%d" % (r.rule.capacity, r.rule.period) for r in rates)
         return Applicable(
@@ -219,42 +148,7 @@ class RateLimitPlugin(Plugin):
             return self.on_request
         limit = self.config.limits[0]  # the only one (only_rule), and it applies to every method
         ip_prefix = ip_key_prefix(limit.name) if limit.key == "ip" else None
-        return self._in_memory_hook(applicable, applicable.only_rule, self._memory, ip_prefix)
-
-    def _in_memory_hook(
-        self, applicable: Applicable, rule: RateRule, memory: MemoryStore, ip_prefix: bytes | None
-    ) -> RequestHook:
-        """The common case compiled lean: one limit for every method, in the in-process store, its key built
-        inline when it is the client address. A request it would refuse goes through `on_request` (nothing
-        was consumed), which says why."""
-        key = applicable.keys[0]
-        counters = applicable.counters[0]
-        admit = memory.admitter(rule)
-        interval, tolerance = rule.interval_us, rule.tolerance_us
-        policy_line = applicable.policy_line
-        field = b"ratelimit: " + applicable.items[0] + b"%d;t=%d\r\n"
-        admitted = (applicable, _ADMITTED)
-        full_check = self.on_request
-        # (remaining, seconds to reset) -> [policy line, RateLimit line]: few pairs repeat, and a lookup costs
-        # less than formatting two numbers.
-        made: dict[tuple[int, int], list[bytes]] = {}
-
-        def rate_limit_in_memory(ctx: RequestContext) -> HookResult:
-            reset_us = admit(key(ctx) if ip_prefix is None else ip_prefix + ctx.client_ip.encode())
-            if not reset_us:
-                return full_check(ctx)
-            counters.admitted += 1
-            ctx.rate_limit = admitted
-            values = ((tolerance - reset_us) // interval, -(-reset_us // MICROS))
-            lines = made.get(values)
-            if lines is None:
-                if len(made) >= _MADE_LINES:
-                    made.clear()
-                lines = made[values] = [policy_line, field % values]
-            ctx.response_lines_add = lines
-            return None
-
-        return rate_limit_in_memory
+        return _in_memory_hook(applicable, applicable.only_rule, self._memory, ip_prefix, self.on_request)
 
     def on_request(self, ctx: RequestContext) -> HookResult:
         applicable = self._by_method.get(ctx.method, self._other) if self._by_method else self._other
@@ -310,6 +204,46 @@ class RateLimitPlugin(Plugin):
             if held is not None:
                 plan, keys, token = held
                 self.store.release(plan, keys, token)
+
+
+def _in_memory_hook(applicable: Applicable, rule: RateRule, memory: MemoryStore, ip_prefix: bytes | None,
+                    full_check: RequestHook) -> RequestHook:
+    """The common case compiled lean: one limit for every method, in the in-process store, its key built
+    inline when it is the client address. A request it would refuse goes through `full_check` (the plugin's
+    `on_request`: nothing was consumed), which says why. (A function, not a method: the compiled build
+    (setup.py) cannot make closures in the methods of the plugin's interpreted-style class.)"""
+    key = applicable.keys[0]
+    counters = applicable.counters[0]
+    admit = memory.admitter(rule)
+    interval, tolerance = rule.interval_us, rule.tolerance_us
+    policy_line = applicable.policy_line
+    field = b"ratelimit: " + applicable.items[0] + b"%d;t=%d\r\n"
+    admitted = (applicable, _ADMITTED)
+    # (remaining, seconds to reset) -> [policy line, RateLimit line]: few pairs repeat, and a lookup costs
+    # less than formatting two numbers.
+    made: dict[tuple[int, int], list[bytes]] = {}
+
+    def rate_limit_in_memory(ctx: RequestContext) -> HookResult:
+        reset_us = admit(key(ctx) if ip_prefix is None else ip_prefix + ctx.client_ip.encode())
+        if not reset_us:
+            return full_check(ctx)
+        counters.admitted += 1
+        ctx.rate_limit = admitted
+        values = ((tolerance - reset_us) // interval, -(-reset_us // MICROS))
+        lines = made.get(values)
+        if lines is None:
+            if len(made) >= _MADE_LINES:
+                made.clear()
+            lines = made[values] = [policy_line, field % values]
+        ctx.response_lines_add = lines
+        return None
+
+    return rate_limit_in_memory
+
+
+def _applies(item: LimitItem, method: str | None) -> bool:
+    """Whether a limit applies to requests of `method` (None: a method no limit names)."""
+    return not item.methods or (method is not None and method in item.methods)
 
 
 def ratelimit_value(applicable: Applicable, verdict: Verdict) -> bytes:
