@@ -64,13 +64,17 @@ class OptionalBuildExt(build_ext):
 
 
 def _remove_earlier_build(keep: tuple[str, ...] = ()) -> None:
-    """An earlier compiled build in place (editable) must not be imported instead of the source: remove its
-    modules, except those of `keep`, which the build now running replaces."""
+    """An earlier compiled build in place (editable) must not be imported instead of the source. Without
+    `keep` (a pure-Python build), remove all of it. With `keep` (a compiled build, which replaces those
+    modules when it builds in place), remove only the modules no longer listed; the rest, and the shared
+    library they load, stay whole for a build that is not in place (`pip wheel .`)."""
     root = Path(__file__).resolve().parent
-    libraries = [*root.glob("frontgate_native__mypyc.*.so"), *root.glob("frontgate/**/*.cpython-*.so")]
-    for library in libraries:
+    if not keep:
+        for library in root.glob("frontgate_native__mypyc.*.so"):
+            library.unlink()
+    for library in root.glob("frontgate/**/*.cpython-*.so"):
         source = library.parent / (library.name.split(".")[0] + ".py")
-        if not keep or source.relative_to(root).as_posix() not in keep:
+        if source.relative_to(root).as_posix() not in keep:
             library.unlink()
 
 
